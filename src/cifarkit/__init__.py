@@ -1,0 +1,77 @@
+"""cifarkit: the classic first PyTorch classifier, as reliable, fast, reusable code.
+
+Example:
+    >>> import cifarkit
+    >>> model = cifarkit.build_cnn(activation="relu")
+    >>> data = cifarkit.synthetic_cifar10(256)
+    >>> history = cifarkit.train_loop(model, data.loader(seed=0), epochs=1, device="cpu", progress=False)
+    >>> history.epochs[0].images
+    256
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cifarkit import errors
+from cifarkit.data import ImageTensors, TensorLoader, load_cifar10, synthetic_cifar10
+from cifarkit.diagnosis import Diagnosis
+from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
+from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1_loss, mse_loss
+from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
+from cifarkit.persist import (
+    Checkpoint,
+    FileInfo,
+    diagnose,
+    inspect,
+    load,
+    load_checkpoint,
+    save,
+    save_checkpoint,
+)
+from cifarkit.train import EpochStats, EvalResult, History, Prediction, evaluate, predict, train_loop
+
+try:
+    __version__ = version("cifarkit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Checkpoint",
+    "CifarCNN",
+    "CrossEntropyLoss",
+    "Diagnosis",
+    "EpochStats",
+    "EvalResult",
+    "FileInfo",
+    "GradReport",
+    "History",
+    "ImageTensors",
+    "L1Loss",
+    "MSELoss",
+    "ModelSummary",
+    "Prediction",
+    "StepReport",
+    "TensorLoader",
+    "__version__",
+    "adapt_vgg16",
+    "build_cnn",
+    "cross_entropy",
+    "diagnose",
+    "errors",
+    "evaluate",
+    "grad_report",
+    "inspect",
+    "l1_loss",
+    "load",
+    "load_checkpoint",
+    "load_cifar10",
+    "mse_loss",
+    "predict",
+    "save",
+    "save_checkpoint",
+    "summary",
+    "synthetic_cifar10",
+    "train_loop",
+    "watch_step",
+]

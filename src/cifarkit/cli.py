@@ -1,0 +1,204 @@
+"""The ``cifarkit`` command: train, evaluate, predict, inspect and plot.
+
+Bad arguments exit with status 2 and a one-line message; library errors exit with status 1 and
+the library's message (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _data(spec: str, *, train: bool, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from cifarkit.data import load_cifar10, synthetic_cifar10
+
+    if spec == "synthetic":
+        data = synthetic_cifar10(size if train else max(1, size // 5), seed=seed if train else seed + 1)
+    else:
+        data = load_cifar10(spec, train=train)
+    return data.images, data.labels, data.classes
+
+
+def _build(name: str) -> torch.nn.Module:
+    from cifarkit.models import adapt_vgg16, build_cnn
+
+    if name == "cnn":
+        return build_cnn()
+    if name == "cnn-relu":
+        return build_cnn(activation="relu")
+    model: torch.nn.Module = adapt_vgg16(strategy="replace")
+    return model
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cifarkit.data import TensorLoader
+    from cifarkit.persist import save
+    from cifarkit.train import History, resolve_device, train_loop
+
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    images, labels, classes = _data(args.data, train=True, size=args.train_size, seed=args.seed)
+    eval_images, eval_labels, _ = _data(args.data, train=False, size=args.train_size, seed=args.seed)
+    train_data = TensorLoader(
+        images, labels, batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment
+    )
+    eval_data = TensorLoader(eval_images, eval_labels, batch_size=256, shuffle=False, device=device)
+    model = _build(args.model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=args.momentum)
+    import torch.distributed as dist
+
+    def report(epoch: int, history: History) -> None:
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        e = history.epochs[-1]
+        print(
+            f"epoch {epoch + 1}/{args.epochs}  loss sum {e.loss_sum:.2f}  mean loss {e.loss_mean:.4f}  "
+            f"train acc {e.train_accuracy:.1%}  eval acc {e.eval_accuracy or 0:.1%}  "
+            f"{e.images_per_second:.0f} img/s",
+            flush=True,
+        )
+
+    started = time.perf_counter()
+    train_loop(
+        model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
+        amp=args.amp, progress=not args.quiet, on_epoch_end=report, checkpoint=args.checkpoint,
+        log_dir=args.log_dir,
+    )  # fmt: skip
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    out = save(model, args.out, classes=classes)
+    print(f"saved {out} ({out.stat().st_size:,} bytes) after {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifarkit.data import TensorLoader
+    from cifarkit.persist import load
+    from cifarkit.train import evaluate, resolve_device
+
+    model = load(args.file, trusted=args.trusted)
+    images, labels, _ = _data(args.data, train=False, size=args.size, seed=0)
+    device = resolve_device(args.device)
+    result = evaluate(model, TensorLoader(images, labels, batch_size=256, shuffle=False, device=device), device=device)
+    print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}  on {result.count} images")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cifarkit.persist import inspect, load
+    from cifarkit.train import predict
+
+    model = load(args.file, trusted=args.trusted)
+    classes = inspect(args.file).class_names if not args.trusted else None
+    for image, pred in zip(args.images, predict(model, list(args.images), classes=classes, device=args.device)):
+        name = pred.label if pred.label is not None else f"class {pred.index}"
+        print(f"{image}: {name} ({pred.probability:.1%})")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cifarkit.persist import inspect
+
+    print(inspect(args.file))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from cifarkit.train import History
+
+    run = Path(args.run_dir)
+    source = run / "history.json" if run.is_dir() else run
+    if not source.is_file():
+        from cifarkit.errors import CheckpointNotFoundError
+
+        msg = f"no history.json in {run}: pass the log_dir of a train_loop(..., log_dir=...) run"
+        raise CheckpointNotFoundError(msg)
+    out = History.from_json(source).plot(args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cifarkit`` command."""
+    parser = _Parser(prog="cifarkit", description="Train, evaluate and inspect CIFAR-10 classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model and save it")
+    train.add_argument("--model", choices=["cnn", "cnn-relu", "vgg16"], default="cnn")
+    train.add_argument("--data", default="synthetic", help="'synthetic' or a CIFAR-10 folder")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=0.01)
+    train.add_argument("--momentum", type=float, default=0.0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--out", default="model.pt", help="where to save the model")
+    train.add_argument("--train-size", type=int, default=10_000, help="synthetic images to train on")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--augment", action="store_true", help="random crop and flip")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast")
+    train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
+    train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")
+    ev.add_argument("file")
+    ev.add_argument("--data", default="synthetic")
+    ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="classify image files")
+    pr.add_argument("file")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    pr.set_defaults(func=_cmd_predict)
+
+    ins = sub.add_parser("inspect", help="what a saved model file holds")
+    ins.add_argument("file")
+    ins.set_defaults(func=_cmd_inspect)
+
+    plot = sub.add_parser("plot", help="draw loss and accuracy curves of a run")
+    plot.add_argument("run_dir", help="a log_dir with history.json (or the file itself)")
+    plot.add_argument("-o", "--output", default="curves.png")
+    plot.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    from cifarkit.errors import CifarkitError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "train_size", "size"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        status: int = args.func(args)
+    except (CifarkitError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"cifarkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cifarkit: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,216 @@
+"""Why a ``state_dict`` does not fit a model, in plain words (the tutorial's "reason unknown")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["Diagnosis", "diagnose_state_dict", "strip_wrapper_prefix", "unwrap_model"]
+
+#: Prefixes added by wrappers: DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``).
+_WRAPPER_PREFIXES = {
+    "module.": "DistributedDataParallel (or DataParallel)",
+    "_orig_mod.": "torch.compile",
+}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module inside ``torch.compile`` and ``DistributedDataParallel`` wrappers.
+
+    Example:
+        >>> from torch import nn
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(inner)) is inner
+        True
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def strip_wrapper_prefix(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip ``module.`` / ``_orig_mod.`` when *every* key carries it (repeatedly).
+
+    Returns the new dict and the prefixes removed, outermost first.
+
+    Example:
+        >>> sd, removed = strip_wrapper_prefix({"module.w": torch.zeros(1)})
+        >>> list(sd), removed
+        (['w'], ['module.'])
+    """
+    result = dict(state_dict)
+    removed: list[str] = []
+    changed = True
+    while changed and result:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in result):
+                result = {k[len(prefix) :]: v for k, v in result.items()}
+                removed.append(prefix)
+                changed = True
+    return result, removed
+
+
+@dataclass
+class Diagnosis:
+    """What differs between a model and a ``state_dict``, and what to do about it.
+
+    ``str(diagnosis)`` is the full explanation; ``ok`` is true when the weights fit exactly.
+    ``state_dict`` holds the weights after any wrapper prefix was stripped.
+    """
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    stripped_prefixes: list[str] = field(default_factory=list)
+    explanations: list[str] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every key matches in name and shape."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def matching(self) -> dict[str, torch.Tensor]:
+        """The entries of ``state_dict`` that fit the model (what ``strict=False`` loads)."""
+        bad = set(self.unexpected) | {name for name, _, _ in self.mismatched}
+        return {k: v for k, v in self.state_dict.items() if k not in bad}
+
+    def __str__(self) -> str:
+        if self.ok:
+            lines = ["the state_dict fits the model: every key matches in name and shape."]
+            lines += [f"note: {text}" for text in self.explanations]
+            return "\n".join(lines)
+        lines = [
+            f"the state_dict does not fit the model: {len(self.missing)} missing key(s), "
+            f"{len(self.unexpected)} unexpected key(s), {len(self.mismatched)} shape mismatch(es)."
+        ]
+        if self.missing:
+            lines.append(f"  missing (in the model, not in the file): {_short(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (in the file, not in the model): {_short(self.unexpected)}")
+        for name, file_shape, model_shape in self.mismatched[:8]:
+            lines.append(f"  size mismatch for {name}: file has {list(file_shape)}, model has {list(model_shape)}")
+        lines.append("Likely cause and fix:")
+        lines += [f"  - {text}" for text in self.explanations]
+        lines.append(
+            "  - to load only the matching tensors anyway, pass strict=False "
+            "(cifarkit.load(path, model=model, strict=False))."
+        )
+        return "\n".join(lines)
+
+
+def _short(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _explain(diag: Diagnosis, model_keys: set[str], file_keys: set[str]) -> list[str]:
+    out: list[str] = []
+    for prefix in diag.stripped_prefixes:
+        out.append(
+            f"every key in the file started with {prefix!r}: it was saved from a "
+            f"{_WRAPPER_PREFIXES[prefix]} wrapper; the prefix was stripped automatically "
+            "(save model.module / the unwrapped model to avoid it)."
+        )
+    partial = [p for p in _WRAPPER_PREFIXES if any(k.startswith(p) for k in diag.unexpected)]
+    for prefix in partial:
+        out.append(
+            f"some keys start with {prefix!r} and some do not: the file mixes wrapped and "
+            "unwrapped weights; re-save it from the unwrapped model."
+        )
+    file_cnn = any(k.startswith("sequential.") for k in file_keys)
+    model_cnn = any(k.startswith("sequential.") for k in model_keys)
+    file_vgg = any(k.startswith("features.") for k in file_keys)
+    model_vgg = any(k.startswith("features.") for k in model_keys)
+    if file_cnn and model_vgg:
+        out.append(
+            "the file holds the tutorial CNN's weights (sequential.*) but the model is a VGG: "
+            "wrong architecture. Load it into cifarkit.build_cnn() (or use cifarkit.load(path), "
+            "which rebuilds the saved architecture)."
+        )
+    elif file_vgg and model_cnn:
+        out.append(
+            "the file holds VGG weights (features.*, classifier.*) but the model is the tutorial "
+            "CNN: wrong architecture. Load it into cifarkit.adapt_vgg16(...) with the same "
+            "strategy as when it was saved."
+        )
+    elif file_cnn and model_cnn and diag.missing and diag.unexpected:
+        out.append(
+            "both are the tutorial CNN but its layers sit at different positions: the file and "
+            "the model were built with different activation= or dropout= (ReLU and Dropout "
+            "shift the layer numbers). Build the model with the same options as when saved."
+        )
+    if any(k.startswith("classifier.add_linear.") for k in diag.unexpected):
+        out.append(
+            "the file has classifier.add_linear: it was saved after "
+            "adapt_vgg16(strategy='append'). Adapt the model with strategy='append' before "
+            "loading, or call cifarkit.load(path) which rebuilds it."
+        )
+    if any(k.startswith("classifier.add_linear.") for k in diag.missing):
+        out.append(
+            "the model has classifier.add_linear (strategy='append') but the file does not: "
+            "the file was saved from a 'replace'-adapted or an un-adapted VGG16. Build the model "
+            "the same way as the saved one."
+        )
+    for name, file_shape, model_shape in diag.mismatched:
+        if not name.endswith(".weight") or len(file_shape) != 2 or len(model_shape) != 2:
+            continue
+        if file_shape[1] != model_shape[1] or file_shape[0] == model_shape[0]:
+            continue
+        layer = name.removesuffix(".weight")
+        if name == "classifier.6.weight" and file_shape[0] == 1000:
+            out.append(
+                f"{layer} has 1000 outputs in the file and {model_shape[0]} in the model: the file "
+                "holds the un-adapted ImageNet head. Load it before adapting: "
+                "adapt_vgg16(weights=path), which swaps the head after loading."
+            )
+        elif name == "classifier.6.weight" and model_shape[0] == 1000:
+            out.append(
+                f"{layer} has {file_shape[0]} outputs in the file and 1000 in the model: the file "
+                "was saved after adapt_vgg16(strategy='replace'). Adapt the model first "
+                f"(adapt_vgg16(model, num_classes={file_shape[0]})), or use cifarkit.load(path)."
+            )
+        else:
+            out.append(
+                f"{layer} has {file_shape[0]} outputs in the file and {model_shape[0]} in the "
+                f"model: the number of classes differs; build the model with "
+                f"num_classes={file_shape[0]}."
+            )
+    if not diag.ok and len(out) == len(diag.stripped_prefixes):
+        out.append(
+            "the model's architecture was changed after the file was saved (layers added, removed "
+            "or resized). Rebuild exactly the architecture that was saved; cifarkit.save() records "
+            "it so that cifarkit.load(path) can rebuild it for you."
+        )
+    return out
+
+
+def diagnose_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Diagnosis:
+    """Compare ``state_dict`` with ``model`` key by key (see :func:`cifarkit.diagnose`)."""
+    model = unwrap_model(model)
+    target = model.state_dict()
+    stripped, removed = strip_wrapper_prefix(state_dict)
+    if removed and set(state_dict) & set(target):
+        stripped, removed = dict(state_dict), []  # the model itself uses those names
+    diag = Diagnosis(stripped_prefixes=removed, state_dict=stripped)
+    model_keys, file_keys = set(target), set(stripped)
+    diag.missing = sorted(model_keys - file_keys)
+    diag.unexpected = sorted(file_keys - model_keys)
+    for key in sorted(model_keys & file_keys):
+        value = stripped[key]
+        if not isinstance(value, torch.Tensor):
+            diag.mismatched.append((key, (), tuple(target[key].shape)))
+        elif tuple(value.shape) != tuple(target[key].shape):
+            diag.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
+    diag.explanations = _explain(diag, model_keys, file_keys)
+    return diag

@@ -1,0 +1,213 @@
+"""Run the same loop on many processes with PyTorch's own ``torch.distributed`` (DDP).
+
+Launch any script that calls :func:`cifarkit.train_loop` with ``torchrun``::
+
+    torchrun --nproc_per_node=2 -m cifarkit train --epochs 3
+
+``train_loop``/``evaluate`` then detect the launch from ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``,
+initialise the process group once (gloo on CPU, nccl on CUDA; an existing group is reused),
+wrap the model in ``DistributedDataParallel`` and give each rank its shard of the data. Metrics are
+summed over ranks so every rank's ``History`` holds the same global figures.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from cifarkit.errors import CifarkitError, DistributedError
+
+__all__ = [
+    "DistContext",
+    "all_max",
+    "all_sum",
+    "context",
+    "default_timeout",
+    "launched_by_torchrun",
+    "shard_data",
+    "share_threads",
+    "wrap_model",
+]
+
+_OWNED_GROUP = False
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``active`` is false for an ordinary single-process run."""
+
+    active: bool
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def launched_by_torchrun() -> bool:
+    """True when ``WORLD_SIZE`` (set by ``torchrun``) is above 1.
+
+    Example:
+        >>> import os
+        >>> launched_by_torchrun() == (int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        True
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def default_timeout() -> timedelta:
+    """Collective timeout: ``CIFARKIT_DIST_TIMEOUT`` seconds (default 300) so a dead peer can't
+    hang the others forever."""
+    return timedelta(seconds=float(os.environ.get("CIFARKIT_DIST_TIMEOUT", "300")))
+
+
+def share_threads(local_world_size: int) -> int:
+    """Give this process its share of the CPU cores (at least one thread) and return it.
+
+    Several processes with a full thread pool each on a few cores oversubscribe them and run
+    many times slower. ``OMP_NUM_THREADS``, when set (torchrun sets it to 1), wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // max(1, local_world_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def context(distributed: bool | None, device: torch.device) -> DistContext:
+    """Detect (or force) a distributed run and initialise the process group once.
+
+    Args:
+        distributed: ``None`` detects ``torchrun`` or an initialised group; ``True`` requires one;
+            ``False`` never uses DDP.
+        device: The requested device; under CUDA each rank takes ``cuda:LOCAL_RANK``.
+
+    Raises:
+        DistributedError: ``distributed=True`` without a launcher, or initialisation failed.
+    """
+    global _OWNED_GROUP
+    initialised = dist.is_available() and dist.is_initialized()
+    wanted = (
+        (launched_by_torchrun() or (initialised and dist.get_world_size() > 1)) if distributed is None else distributed
+    )
+    if not wanted:
+        return DistContext(False, 0, 1, 0, device)
+    if not dist.is_available():
+        msg = "this PyTorch build has no torch.distributed; pass distributed=False"
+        raise DistributedError(msg)
+    if not initialised:
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            msg = (
+                "distributed=True but no process group is initialised and RANK/WORLD_SIZE are not "
+                "set: launch with torchrun --nproc_per_node=N your_script.py, or pass distributed=False"
+            )
+            raise DistributedError(msg)
+        share_threads(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend=backend, timeout=default_timeout())
+        except Exception as exc:
+            msg = f"could not initialise the {backend} process group: {exc}"
+            raise DistributedError(msg) from exc
+        _OWNED_GROUP = True
+        atexit.register(_destroy)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return DistContext(True, dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """Wrap ``model`` in ``DistributedDataParallel`` (rank 0's weights are broadcast to all)."""
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def shard_data(data: Iterable[Any], ctx: DistContext, *, pad: bool) -> Iterable[Any]:
+    """Give this rank its shard: ``TensorLoader.shard`` or a ``DistributedSampler``.
+
+    ``pad=True`` (training) pads every shard to the same length as ``DistributedSampler`` does;
+    ``pad=False`` (evaluation) splits without duplicates.
+    """
+    from cifarkit.data import TensorLoader
+
+    if not ctx.active:
+        return data
+    if isinstance(data, TensorLoader):
+        return data.shard(ctx.rank, ctx.world_size, drop_last=data.drop_last, pad=pad)
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, DistributedSampler):
+            return data
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            data.dataset,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=isinstance(data.sampler, RandomSampler),
+            drop_last=data.drop_last,
+        )
+        return DataLoader(
+            data.dataset,
+            batch_size=data.batch_size,
+            sampler=sampler,
+            num_workers=data.num_workers,
+            collate_fn=data.collate_fn,
+            pin_memory=data.pin_memory,
+            drop_last=data.drop_last,
+        )
+    warnings.warn(
+        f"cannot shard a {type(data).__name__} across ranks; every rank uses it as given "
+        "(shard it yourself, or pass a TensorLoader or DataLoader)",
+        stacklevel=3,
+    )
+    return data
+
+
+def all_sum(ctx: DistContext, values: list[float]) -> list[float]:
+    """Sum a few numbers over all ranks (float64, one collective); identity when not active."""
+    if not ctx.active:
+        return values
+    backend_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=backend_device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(v) for v in tensor.cpu()]
+
+
+def all_max(ctx: DistContext, value: float) -> float:
+    """The largest ``value`` over all ranks (e.g. the slowest rank's seconds)."""
+    if not ctx.active:
+        return value
+    backend_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor([value], dtype=torch.float64, device=backend_device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def translate_error(exc: BaseException, ctx: DistContext) -> BaseException:
+    """Turn a failed collective into a :class:`DistributedError` naming the rank and the cause."""
+    if not ctx.active or isinstance(exc, CifarkitError) or not isinstance(exc, RuntimeError):
+        return exc
+    msg = (
+        f"rank {ctx.rank} of {ctx.world_size}: a collective operation failed, most likely because "
+        f"another rank died or stalled (timeout {default_timeout().total_seconds():.0f} s, set "
+        f"CIFARKIT_DIST_TIMEOUT to change it): {type(exc).__name__}: {exc}"
+    )
+    return DistributedError(msg)

@@ -1,0 +1,123 @@
+"""The cifarkit exception hierarchy.
+
+Every error raised for a user's mistake is a :class:`CifarkitError` *and* the builtin exception
+it refines, so code that already catches ``ValueError`` or ``FileNotFoundError`` keeps working::
+
+    >>> from cifarkit.errors import ShapeError, CifarkitError
+    >>> issubclass(ShapeError, ValueError) and issubclass(ShapeError, CifarkitError)
+    True
+
+Messages say what was found, what was expected, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+__all__ = [
+    "AlreadyAdaptedError",
+    "CheckpointIsDirectoryError",
+    "CheckpointNotFoundError",
+    "CifarkitError",
+    "CorruptCheckpointError",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "DistributedError",
+    "DtypeError",
+    "ImageReadError",
+    "InvalidOptionError",
+    "MissingExtraError",
+    "ModelClassNotFoundError",
+    "ModelRecordError",
+    "NonFiniteLossError",
+    "NotACheckpointError",
+    "ShapeError",
+    "StateDictMismatchError",
+    "UnsafeLoadError",
+    "WeightsOnlyFileError",
+    "WeightsUnavailableError",
+]
+
+
+class CifarkitError(Exception):
+    """Base class of every error cifarkit raises on purpose."""
+
+
+class ShapeError(CifarkitError, ValueError):
+    """A tensor has the wrong shape (e.g. a model input that is not ``(N, 3, 32, 32)``)."""
+
+
+class InvalidOptionError(CifarkitError, ValueError):
+    """An option has a value outside its valid choices; the message lists them."""
+
+
+class AlreadyAdaptedError(CifarkitError, ValueError):
+    """A model was adapted once already (adapting twice would stack classification heads)."""
+
+
+class DtypeError(CifarkitError, TypeError):
+    """A tensor has the wrong dtype (e.g. integer input to L1/MSE with ``on_int='raise'``)."""
+
+
+class WeightsUnavailableError(CifarkitError, FileNotFoundError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class DatasetNotFoundError(CifarkitError, FileNotFoundError):
+    """A dataset folder or file is missing."""
+
+
+class DatasetFormatError(CifarkitError, ValueError):
+    """A dataset file exists but does not hold what its format promises (or was tampered with)."""
+
+
+class CheckpointNotFoundError(CifarkitError, FileNotFoundError):
+    """A model or checkpoint file does not exist."""
+
+
+class CheckpointIsDirectoryError(CifarkitError, IsADirectoryError):
+    """A path given as a model file is a directory."""
+
+
+class CorruptCheckpointError(CifarkitError, ValueError):
+    """A checkpoint file is empty, truncated, or fails its checksum."""
+
+
+class NotACheckpointError(CifarkitError, ValueError):
+    """A file is readable but is not a PyTorch checkpoint at all (an image, JSON, text...)."""
+
+
+class WeightsOnlyFileError(CifarkitError, ValueError):
+    """A file holds only a ``state_dict`` and no record of how to build the model."""
+
+
+class UnsafeLoadError(CifarkitError, pickle.UnpicklingError):
+    """A file is a pickled module and loading it would run arbitrary code."""
+
+
+class ModelClassNotFoundError(CifarkitError, ImportError):
+    """The class of a pickled model cannot be imported (``Can't get attribute ... on __main__``)."""
+
+
+class ModelRecordError(CifarkitError, ValueError):
+    """A model's build record is missing, malformed, or names an unknown builder."""
+
+
+class StateDictMismatchError(CifarkitError, RuntimeError):
+    """A ``state_dict`` does not fit a model; the message carries a full diagnosis."""
+
+
+class NonFiniteLossError(CifarkitError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class ImageReadError(CifarkitError, OSError):
+    """An image file could not be read."""
+
+
+class MissingExtraError(CifarkitError, ImportError):
+    """An optional dependency (a ``cifarkit[...]`` extra) is not installed."""
+
+
+class DistributedError(CifarkitError, RuntimeError):
+    """A ``torch.distributed`` run failed (a peer died, a timeout, a bad launch environment)."""

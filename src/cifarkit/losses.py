@@ -1,0 +1,341 @@
+"""Guarded L1, MSE and cross-entropy losses.
+
+On valid floating-point inputs every function returns exactly what ``torch.nn.functional``
+returns (it *is* the same call); the guards only act on the inputs plain PyTorch rejects with a
+confusing message or, worse, silently accepts:
+
+* integer/bool tensors in L1/MSE (``torch.tensor([1, 2, 3])``) are cast to float (or rejected);
+* input and target of different shapes in L1/MSE raise instead of broadcasting silently;
+* cross-entropy checks for ``(N, C)`` logits and ``(N,)`` integer class indices in ``[0, C)``.
+
+The ``nn.Module`` classes subclass ``torch.nn.L1Loss``/``MSELoss``/``CrossEntropyLoss``, so
+``isinstance`` checks and ``reduction=`` keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, cast, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarkit.errors import DtypeError, InvalidOptionError, ShapeError
+
+__all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
+
+Reduction = Literal["mean", "sum", "none"]
+OnInt = Literal["cast", "raise"]
+
+
+def _check_option(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        msg = f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}"
+        raise InvalidOptionError(msg)
+
+
+def _as_tensor(value: object, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (int, float, bool, list, tuple)):
+        return torch.as_tensor(value)
+    msg = f"{name} must be a tensor, got {type(value).__name__}"
+    raise DtypeError(msg)
+
+
+def _float_pair(fn: str, input: torch.Tensor, target: torch.Tensor, on_int: OnInt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cast integer/bool operands to a floating dtype, per the ``on_int`` policy."""
+    in_float, tg_float = input.is_floating_point(), target.is_floating_point()
+    if in_float and tg_float:
+        return input, target
+    if input.is_complex() or target.is_complex():
+        return input, target  # torch handles complex itself
+    if on_int == "raise":
+        msg = (
+            f"{fn} got input of dtype {input.dtype} and target of dtype {target.dtype}; "
+            f"{fn} needs floating point. Pass on_int='cast' or call .float() on both"
+        )
+        raise DtypeError(msg)
+    # The other side's floating dtype when there is one, else float32.
+    dtype = input.dtype if in_float else target.dtype if tg_float else torch.float32
+    return input.to(dtype), target.to(dtype)
+
+
+def _regression(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: Reduction,
+    on_int: OnInt,
+    broadcast: bool,
+) -> torch.Tensor:
+    _check_option("reduction", reduction, get_args(Reduction))
+    _check_option("on_int", on_int, get_args(OnInt))
+    input, target = _as_tensor(input, "input"), _as_tensor(target, "target")
+    if input.shape != target.shape and not broadcast:
+        msg = (
+            f"{name} got input of shape {tuple(input.shape)} and target of shape "
+            f"{tuple(target.shape)}; they must match (torch would broadcast them silently, "
+            "usually a bug). Reshape one of them, or pass broadcast=True if it is intended"
+        )
+        raise ShapeError(msg)
+    input, target = _float_pair(name, input, target, on_int)
+    if broadcast and input.shape != target.shape:
+        try:
+            torch.broadcast_shapes(input.shape, target.shape)
+        except RuntimeError as exc:
+            msg = f"{name}: shapes {tuple(input.shape)} and {tuple(target.shape)} do not broadcast"
+            raise ShapeError(msg) from exc
+        input, target = torch.broadcast_tensors(input, target)  # no torch size warning
+    return fn(input, target, reduction=reduction)
+
+
+def l1_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    reduction: Reduction = "mean",
+    on_int: OnInt = "cast",
+    broadcast: bool = False,
+) -> torch.Tensor:
+    """Mean (or sum) absolute error, as ``F.l1_loss``, with dtype and shape guards.
+
+    Args:
+        input: Predictions.
+        target: Targets, same shape as ``input``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        on_int: ``"cast"`` integer/bool tensors to float32 (or to the other operand's floating
+            dtype), or ``"raise"`` :class:`~cifarkit.errors.DtypeError`.
+        broadcast: Allow different shapes that broadcast (off by default: it is usually a bug).
+
+    Raises:
+        DtypeError: integer input with ``on_int="raise"``.
+        ShapeError: shapes differ and ``broadcast`` is false.
+
+    Example:
+        >>> import torch
+        >>> l1_loss(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+        tensor(0.6667)
+        >>> l1_loss(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]), reduction="sum")
+        tensor(2.)
+    """
+    return _regression("L1 loss", F.l1_loss, input, target, reduction, on_int, broadcast)
+
+
+def mse_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    reduction: Reduction = "mean",
+    on_int: OnInt = "cast",
+    broadcast: bool = False,
+) -> torch.Tensor:
+    """Mean (or sum) squared error, as ``F.mse_loss``, with the guards of :func:`l1_loss`.
+
+    Example:
+        >>> import torch
+        >>> mse_loss(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+        tensor(1.3333)
+    """
+    return _regression("MSE loss", F.mse_loss, input, target, reduction, on_int, broadcast)
+
+
+def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    n, c = input.shape[0], input.shape[1]
+    expected = (n, *input.shape[2:])
+    if tuple(target.shape) != expected:
+        if target.ndim == input.ndim and tuple(target.shape) == tuple(input.shape):
+            msg = (
+                f"cross-entropy got integer target of shape {tuple(target.shape)}, the shape of "
+                "the logits: one-hot labels? Pass class indices (target.argmax(1)) of shape "
+                f"{expected}, or float probabilities of shape {tuple(input.shape)}"
+            )
+        elif target.ndim == 2 and target.shape[1] == 1 and input.ndim == 2:
+            msg = (
+                f"cross-entropy got target of shape {tuple(target.shape)}; class indices must "
+                f"have shape {expected}: use target.squeeze(1)"
+            )
+        else:
+            msg = (
+                f"cross-entropy got logits of shape {tuple(input.shape)} and target of shape "
+                f"{tuple(target.shape)}; for (N, C) logits the target must be (N,) class "
+                f"indices, here {expected}"
+            )
+        raise ShapeError(msg)
+    if target.dtype not in (torch.int64, torch.uint8):
+        target = target.long()  # torch accepts only int64/uint8 indices
+    # A range check reads the values on the host: do it on CPU only. On accelerators it would
+    # cost a sync per step, and torch's own kernel asserts on out-of-range indices there.
+    if target.device.type == "cpu" and target.numel():
+        valid = target[target != ignore_index]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= c):
+            msg = (
+                f"cross-entropy got class indices in [{int(valid.min())}, {int(valid.max())}] but "
+                f"the logits have C={c} classes, so indices must be in [0, {c - 1}]: is "
+                "num_classes of the model right, or are labels 1-based?"
+            )
+            raise ValueError(msg)
+    return target
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor | int,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of logits ``(N, C)`` against class indices ``(N,)``, with shape guards.
+
+    A single sample ``(C,)`` with a scalar target is treated as a batch of one (the tutorial
+    reshapes it by hand). Float targets with the logits' shape are class probabilities, as in
+    torch. ``weight``, ``ignore_index``, ``reduction`` and ``label_smoothing`` pass through.
+
+    Raises:
+        ShapeError: logits are not ``(N, C, ...)`` or the target's shape does not fit them.
+        DtypeError: float class indices, or non-floating logits.
+        ValueError: a class index outside ``[0, C)`` (checked for CPU tensors).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([0.1, 0.2, 0.3])
+        >>> cross_entropy(x, 1)
+        tensor(1.1019)
+        >>> round(float(-x[1] + torch.log(torch.exp(x).sum())), 4)
+        1.1019
+    """
+    _check_option("reduction", reduction, get_args(Reduction))
+    input = _as_tensor(input, "input")
+    target = _as_tensor(target, "target")
+    if not input.is_floating_point():
+        msg = (
+            f"cross-entropy got logits of dtype {input.dtype}; logits must be floating point: "
+            "call .float() on the model output"
+        )
+        raise DtypeError(msg)
+    if input.ndim == 0:
+        msg = "cross-entropy got a scalar as logits; expected (N, C) or a single sample (C,)"
+        raise ShapeError(msg)
+    if input.ndim == 1:
+        if target.ndim == 0 and not target.is_floating_point():
+            input, target = input.unsqueeze(0), target.reshape(1)  # one sample -> batch of one
+        elif not (target.is_floating_point() and target.shape == input.shape):
+            msg = (
+                f"cross-entropy got logits of shape {tuple(input.shape)} and target of shape "
+                f"{tuple(target.shape)}; a single sample needs a scalar class index. For a batch "
+                "pass logits of shape (N, C) and targets of shape (N,)"
+            )
+            raise ShapeError(msg)
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            msg = (
+                f"cross-entropy: class indices must be integers; got {target.dtype} target of "
+                f"shape {tuple(target.shape)} — use target.long(), or pass probabilities of "
+                f"shape {tuple(input.shape)}"
+            )
+            raise DtypeError(msg)
+    elif target.dtype == torch.bool or target.is_complex():
+        msg = f"cross-entropy: class indices must be integers; got {target.dtype} — use target.long()"
+        raise DtypeError(msg)
+    elif input.ndim >= 2:
+        target = _check_class_target(input, target, ignore_index)
+    return F.cross_entropy(
+        input,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+
+
+class L1Loss(nn.L1Loss):
+    """``torch.nn.L1Loss`` with the guards of :func:`l1_loss`.
+
+    Example:
+        >>> import torch
+        >>> L1Loss(reduction="sum")(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+        tensor(2.)
+    """
+
+    def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
+        _check_option("reduction", reduction, get_args(Reduction))
+        _check_option("on_int", on_int, get_args(OnInt))
+        super().__init__(reduction=reduction)
+        self.on_int: OnInt = on_int
+        self.broadcast = broadcast
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return l1_loss(
+            input,
+            target,
+            reduction=cast("Reduction", self.reduction),
+            on_int=self.on_int,
+            broadcast=self.broadcast,
+        )
+
+
+class MSELoss(nn.MSELoss):
+    """``torch.nn.MSELoss`` with the guards of :func:`mse_loss`.
+
+    Example:
+        >>> import torch
+        >>> MSELoss()(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+        tensor(1.3333)
+    """
+
+    def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
+        _check_option("reduction", reduction, get_args(Reduction))
+        _check_option("on_int", on_int, get_args(OnInt))
+        super().__init__(reduction=reduction)
+        self.on_int: OnInt = on_int
+        self.broadcast = broadcast
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return mse_loss(
+            input,
+            target,
+            reduction=cast("Reduction", self.reduction),
+            on_int=self.on_int,
+            broadcast=self.broadcast,
+        )
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` with the guards of :func:`cross_entropy`.
+
+    Example:
+        >>> import torch
+        >>> CrossEntropyLoss()(torch.tensor([0.1, 0.2, 0.3]), torch.tensor(1))
+        tensor(1.1019)
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        _check_option("reduction", reduction, get_args(Reduction))
+        super().__init__(
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=cast("Reduction", self.reduction),
+            label_smoothing=self.label_smoothing,
+        )

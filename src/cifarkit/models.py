@@ -1,0 +1,428 @@
+"""The tutorial's CIFAR-10 CNN, the VGG16 adapter, and a parameter summary.
+
+Every model built here remembers how it was built (a small JSON-serialisable
+:class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
+:func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypedDict, cast, get_args
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import VGG, VGG16_Weights
+
+from cifarkit.errors import (
+    AlreadyAdaptedError,
+    InvalidOptionError,
+    ModelRecordError,
+    ShapeError,
+    StateDictMismatchError,
+    WeightsUnavailableError,
+)
+
+__all__ = [
+    "BuildRecord",
+    "CifarCNN",
+    "LayerRow",
+    "ModelSummary",
+    "adapt_vgg16",
+    "build_cnn",
+    "get_build_record",
+    "imagenet_cache_path",
+    "rebuild",
+    "summary",
+]
+
+Activation = Literal["none", "relu"]
+Strategy = Literal["replace", "append"]
+JSONScalar = str | int | float | bool | None
+
+#: Attribute under which a model keeps its build record.
+RECORD_ATTR = "_cifarkit_build"
+_VGG_ARCHS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}  # conv count -> torchvision name
+
+
+class BuildRecord(TypedDict):
+    """How a model was built: the builder's name and its JSON-serialisable arguments."""
+
+    builder: Literal["build_cnn", "adapt_vgg16"]
+    kwargs: dict[str, JSONScalar]
+
+
+def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        msg = f"{name}={value!r} is not valid; choose one of {valid}"
+        raise InvalidOptionError(msg)
+
+
+class CifarCNN(nn.Module):
+    """The tutorial's CIFAR-10 network, layer for layer.
+
+    ``Conv5x5(3->32) MaxPool, Conv5x5(32->32) MaxPool, Conv5x5(32->64) MaxPool, Flatten,
+    Linear(1024->64), Linear(64->num_classes)``, held in ``.sequential`` exactly as in the
+    tutorial, so a ``state_dict`` saved from the tutorial's own class loads into it.
+
+    Args:
+        num_classes: Outputs of the last layer.
+        activation: ``"none"`` reproduces the tutorial (which has no activation at all: apart from
+            max-pooling the network is one linear map, so it cannot learn much). ``"relu"`` adds a
+            ReLU after each convolution and after the first Linear layer.
+        dropout: Dropout probability before the last Linear layer (0 disables it).
+
+    Example:
+        >>> import torch
+        >>> from cifarkit.models import CifarCNN
+        >>> CifarCNN()(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, *, activation: Activation = "none", dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_choice("activation", activation, get_args(Activation))
+        if not isinstance(num_classes, int) or num_classes < 1:
+            msg = f"num_classes must be a positive int, got {num_classes!r}"
+            raise InvalidOptionError(msg)
+        if not 0.0 <= dropout < 1.0:
+            msg = f"dropout must be in [0, 1), got {dropout!r}"
+            raise InvalidOptionError(msg)
+        relu = activation == "relu"
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for out_channels in (32, 32, 64):
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=5, stride=1, padding=2))
+            if relu:
+                layers.append(nn.ReLU())
+            layers.append(nn.MaxPool2d(kernel_size=2))
+            in_channels = out_channels
+        # (N, 64, 4, 4) -> (N, 1024)
+        layers += [nn.Flatten(), nn.Linear(1024, 64)]
+        if relu:
+            layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(64, num_classes))
+        self.sequential = nn.Sequential(*layers)
+        self.num_classes = num_classes
+        record: BuildRecord = {
+            "builder": "build_cnn",
+            "kwargs": {"num_classes": num_classes, "activation": activation, "dropout": dropout},
+        }
+        setattr(self, RECORD_ATTR, record)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify a batch ``(N, 3, 32, 32)`` into logits ``(N, num_classes)``."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            hint = (
+                " (a single image: use x.unsqueeze(0))"
+                if tuple(x.shape) == (3, 32, 32)
+                else " (resize images to 32x32 and put channels first)"
+            )
+            msg = f"CifarCNN expects input of shape (N, 3, 32, 32), got {tuple(x.shape)}{hint}"
+            raise ShapeError(msg)
+        out: torch.Tensor = self.sequential(x)
+        return out
+
+
+def build_cnn(num_classes: int = 10, *, activation: Activation = "none", dropout: float = 0.0) -> CifarCNN:
+    """Build the tutorial's CIFAR-10 CNN (145,578 parameters with the defaults).
+
+    See :class:`CifarCNN` for the arguments. The default has **no activation functions**, exactly
+    as the tutorial; pass ``activation="relu"`` for a network that actually learns non-linear
+    features (it reaches far higher accuracy for the same training).
+
+    Example:
+        >>> from cifarkit import build_cnn
+        >>> model = build_cnn()
+        >>> sum(p.numel() for p in model.parameters())
+        145578
+        >>> model.sequential[0]
+        Conv2d(3, 32, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2))
+    """
+    return CifarCNN(num_classes, activation=activation, dropout=dropout)
+
+
+def imagenet_cache_path() -> Path:
+    """The file torchvision's cache holds VGG16's ImageNet weights in.
+
+    ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth`` (``TORCH_HOME`` defaults to
+    ``~/.cache/torch``).
+
+    Example:
+        >>> imagenet_cache_path().name
+        'vgg16-397923af.pth'
+    """
+    filename = str(VGG16_Weights.IMAGENET1K_V1.url).rsplit("/", 1)[-1]
+    return Path(str(torch.hub.get_dir())) / "checkpoints" / filename
+
+
+def _imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
+    url = VGG16_Weights.IMAGENET1K_V1.url
+    path = imagenet_cache_path()
+    if not path.is_file():
+        match = torch.hub.HASH_REGEX.search(path.name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Downloads to a temporary file and renames it: never leaves a half file at `path`.
+            torch.hub.download_url_to_file(
+                url, str(path), hash_prefix=match.group(1) if match else None, progress=progress
+            )
+        except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
+            msg = (
+                f"VGG16 ImageNet weights are not cached at {path} and could not be downloaded "
+                f"from {url} ({type(exc).__name__}: {exc}). Download that file by hand on a "
+                f"machine with internet access and copy it to {path} (set TORCH_HOME to change "
+                "the cache folder), or pass weights='path/to/vgg16.pth' or weights=None."
+            )
+            raise WeightsUnavailableError(msg) from exc
+    return _read_weights(path)
+
+
+def _read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    from cifarkit.persist import read_state_dict  # persist builds on models; import late
+
+    return read_state_dict(path)
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    from cifarkit.persist import diagnose
+
+    diagnosis = diagnose(model, state_dict)
+    if not diagnosis.ok:
+        msg = f"weights from {source} do not fit the model.\n{diagnosis}"
+        raise StateDictMismatchError(msg)
+    model.load_state_dict(diagnosis.state_dict)
+
+
+def _vgg_arch(model: VGG) -> str | None:
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.features)
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.features)
+    name = _VGG_ARCHS.get(convs)
+    return None if name is None else name + ("_bn" if has_bn else "")
+
+
+def adapt_vgg16(
+    model: VGG | None = None,
+    *,
+    strategy: Strategy = "replace",
+    num_classes: int = 10,
+    weights: Literal["imagenet"] | str | os.PathLike[str] | None = None,
+    freeze_features: bool = False,
+    progress: bool = True,
+) -> VGG:
+    """Turn torchvision's VGG16 into a ``num_classes``-way classifier (the tutorial's two ways).
+
+    Args:
+        model: A torchvision ``VGG`` with its 1000-way ImageNet head; adapted **in place** and
+            returned. ``None`` builds ``torchvision.models.vgg16(weights=None)`` first.
+        strategy: ``"replace"`` swaps ``classifier[6]`` for ``Linear(4096, num_classes)``;
+            ``"append"`` keeps the ImageNet layer and adds ``classifier.add_linear =
+            Linear(1000, num_classes)``.
+        num_classes: Number of output classes.
+        weights: ``None`` (random init), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1`` through
+            its cache, ``$TORCH_HOME/hub/checkpoints/``), or a path to a VGG16 ``state_dict``
+            file (read with ``weights_only=True``). Weights are loaded before the head is swapped,
+            because torchvision's builder refuses ``num_classes != 1000`` with weights.
+        freeze_features: Set ``requires_grad=False`` on ``model.features`` (train the head only).
+        progress: Show a progress bar while downloading.
+
+    Returns:
+        The adapted model, whose output is ``(N, num_classes)`` for 32x32 and 224x224 inputs.
+
+    Raises:
+        InvalidOptionError: unknown ``strategy`` or ``weights`` value.
+        AlreadyAdaptedError: the model's head was already changed.
+        WeightsUnavailableError: ImageNet weights neither cached nor downloadable.
+        StateDictMismatchError: the weights file is not a VGG16 ``state_dict``.
+
+    Example:
+        >>> import torch
+        >>> model = adapt_vgg16(strategy="append")
+        >>> model.classifier.add_linear
+        Linear(in_features=1000, out_features=10, bias=True)
+        >>> model.eval()(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 10])
+    """
+    _check_choice("strategy", strategy, get_args(Strategy))
+    if not isinstance(num_classes, int) or num_classes < 1:
+        msg = f"num_classes must be a positive int, got {num_classes!r}"
+        raise InvalidOptionError(msg)
+    if isinstance(weights, str) and weights != "imagenet" and not weights.strip():
+        msg = "weights='' is not valid; pass None, 'imagenet' or a path to a state_dict file"
+        raise InvalidOptionError(msg)
+    if model is None:
+        model = torchvision.models.vgg16(weights=None)
+    elif not isinstance(model, VGG):
+        msg = f"adapt_vgg16 expects a torchvision VGG model, got {type(model).__name__}"
+        raise InvalidOptionError(msg)
+
+    head = model.classifier[6] if len(model.classifier) > 6 else None
+    if (
+        getattr(model, RECORD_ATTR, None) is not None
+        or "add_linear" in model.classifier._modules
+        or not isinstance(head, nn.Linear)
+        or head.out_features != 1000
+    ):
+        msg = (
+            "this VGG was already adapted (its classifier is no longer the 1000-way ImageNet "
+            "head); adapting again would stack heads. Start from torchvision.models.vgg16(), or "
+            "use the model as it is."
+        )
+        raise AlreadyAdaptedError(msg)
+
+    if weights == "imagenet":
+        _load_strict(model, _imagenet_state_dict(progress), "the ImageNet cache")
+    elif weights is not None:
+        _load_strict(model, _read_weights(weights), os.fspath(weights))
+
+    if strategy == "replace":
+        model.classifier[6] = nn.Linear(4096, num_classes)
+    else:
+        model.classifier.add_module("add_linear", nn.Linear(1000, num_classes))
+    if freeze_features:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+
+    record: BuildRecord = {
+        "builder": "adapt_vgg16",
+        "kwargs": {
+            "arch": _vgg_arch(model),
+            "strategy": strategy,
+            "num_classes": num_classes,
+            "freeze_features": freeze_features,
+        },
+    }
+    setattr(model, RECORD_ATTR, record)
+    return model
+
+
+def get_build_record(model: nn.Module) -> BuildRecord | None:
+    """Return the build record of a cifarkit-built model, or ``None`` for any other model.
+
+    ``DistributedDataParallel`` and ``torch.compile`` wrappers are looked through.
+
+    Example:
+        >>> get_build_record(build_cnn(activation="relu"))["kwargs"]["activation"]
+        'relu'
+    """
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner) if isinstance(inner, nn.Module) else inner
+    record = getattr(inner, RECORD_ATTR, None)
+    return cast("BuildRecord | None", record)
+
+
+def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:
+    """Build a fresh (randomly initialised) model from a build record.
+
+    Raises:
+        ModelRecordError: the record is malformed or names an unknown builder.
+
+    Example:
+        >>> rebuild({"builder": "build_cnn", "kwargs": {"activation": "relu"}}).sequential[1]
+        ReLU()
+    """
+    builder = record.get("builder") if isinstance(record, dict) else None
+    kwargs = record.get("kwargs", {}) if isinstance(record, dict) else None
+    if not isinstance(kwargs, dict):
+        msg = f"build record {record!r} is malformed: expected {{'builder': ..., 'kwargs': {{}}}}"
+        raise ModelRecordError(msg)
+    try:
+        if builder == "build_cnn":
+            return build_cnn(**kwargs)
+        if builder == "adapt_vgg16":
+            options = dict(kwargs)
+            arch = options.pop("arch", "vgg16") or "vgg16"
+            if arch not in {v + s for v in _VGG_ARCHS.values() for s in ("", "_bn")}:
+                msg = f"unknown VGG architecture {arch!r} in build record"
+                raise ModelRecordError(msg)
+            base = cast("VGG", getattr(torchvision.models, str(arch))(weights=None))
+            adapted: nn.Module = adapt_vgg16(base, **options)
+            return adapted
+    except TypeError as exc:
+        msg = f"build record {record!r} has arguments its builder does not take: {exc}"
+        raise ModelRecordError(msg) from exc
+    msg = f"unknown builder {builder!r} in build record; known: 'build_cnn', 'adapt_vgg16'"
+    raise ModelRecordError(msg)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One leaf module in a :class:`ModelSummary`."""
+
+    name: str
+    kind: str
+    params: int
+    trainable: int
+    output: str
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """Parameter counts and a per-layer table; ``print()`` it for the tutorial's ``print(model)``."""
+
+    total: int
+    trainable: int
+    size_mb: float
+    rows: list[LayerRow] = field(default_factory=list)
+
+    @property
+    def frozen(self) -> int:
+        """Parameters with ``requires_grad=False``."""
+        return self.total - self.trainable
+
+    def __str__(self) -> str:
+        headers = ("layer", "type", "params", "trainable", "detail")
+        table = [headers] + [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+        lines = [
+            "  ".join(
+                cell.rjust(w) if i in (2, 3) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+            for row in table
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(
+            f"total params: {self.total:,}  trainable: {self.trainable:,}  "
+            f"frozen: {self.frozen:,}  size (fp32): {self.size_mb:.2f} MB"
+        )
+        return "\n".join(lines)
+
+
+def summary(model: nn.Module) -> ModelSummary:
+    """Count parameters and list every leaf layer.
+
+    ``size_mb`` is the fp32 size of the parameters in megabytes (10**6 bytes).
+
+    Example:
+        >>> s = summary(build_cnn())
+        >>> s.total, s.trainable, round(s.size_mb, 3)
+        (145578, 145578, 0.582)
+        >>> print(s)  # doctest: +ELLIPSIS
+        layer         type       params  trainable  detail
+        ...
+        total params: 145,578  trainable: 145,578  frozen: 0  size (fp32): 0.58 MB
+    """
+    rows = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue  # containers: their leaves are listed
+        params = list(module.parameters(recurse=False))
+        rows.append(
+            LayerRow(
+                name=name or type(module).__name__,
+                kind=type(module).__name__,
+                params=sum(p.numel() for p in params),
+                trainable=sum(p.numel() for p in params if p.requires_grad),
+                output=module.extra_repr(),
+            )
+        )
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ModelSummary(total=total, trainable=trainable, size_mb=total * 4 / 1e6, rows=rows)
