@@ -447,7 +447,7 @@ def _run_epoch(
             loss = loss_fn(out, y)
         if not bool(torch.isfinite(loss)):
             msg = (
-                f"loss is {float(loss)} at epoch {epoch + 1}, step {steps + 1}: training diverged. "
+                f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1}: training diverged. "
                 "Lower the learning rate, set max_grad_norm, or check the data for NaN/inf. "
                 "The weights were not updated with it."
             )

@@ -1,0 +1,222 @@
+"""Data: CIFAR-10 from disk, the synthetic dataset, TensorLoader."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_cifar_folder
+
+from cifarkit import ImageTensors, TensorLoader, load_cifar10, synthetic_cifar10
+from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, InvalidOptionError, ShapeError
+
+
+# --------------------------------------------------------------------------- CIFAR-10 on disk
+
+
+@pytest.mark.parametrize("flavour", ["py2", "py3"])
+def test_load_cifar10_reads_both_pickle_flavours(tmp_path: Path, flavour: str) -> None:
+    train, test = write_cifar_folder(tmp_path, flavour=flavour, per_batch=30)
+    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):  # the parent, or the folder itself
+        got = load_cifar10(root)
+        assert got.images.dtype == torch.uint8 and got.images.shape == (150, 3, 32, 32)
+        assert got.labels.dtype == torch.int64
+        assert torch.equal(got.images, train.images) and torch.equal(got.labels, train.labels)
+        assert got.classes[0] == "airplane" and len(got.classes) == 10
+    got_test = load_cifar10(tmp_path, train=False)
+    assert torch.equal(got_test.images, test.images) and len(got_test) == 30
+
+
+def test_channel_layout_matches_the_published_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar_folder(tmp_path, per_batch=2)
+    batch = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
+    row = batch[b"data"][0]
+    image = load_cifar10(tmp_path).images[0]
+    # first 1024 values are the red plane, row-major
+    assert int(image[0, 0, 0]) == row[0] and int(image[0, 0, 1]) == row[1] and int(image[1, 0, 0]) == row[1024]
+    assert int(image[2, 31, 31]) == row[3071]
+
+
+def test_missing_folder_and_missing_batch(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=r"expected .*cifar-10-batches-py/batches.meta.*download=True"):
+        load_cifar10(tmp_path)
+    write_cifar_folder(tmp_path, per_batch=2)
+    os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_3")
+    with pytest.raises(DatasetNotFoundError, match="data_batch_3"):
+        load_cifar10(tmp_path)
+
+
+def test_download_offline_raises_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"could not download CIFAR-10 .* by hand"):
+        load_cifar10(tmp_path, download=True)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned",))
+
+
+def test_tampered_batch_file_cannot_run_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_cifar_folder(tmp_path, per_batch=2)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps({"data": _Evil()}, protocol=2))
+    with pytest.raises(DatasetFormatError, match="refusing to load"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_damaged_batch_contents(tmp_path: Path) -> None:
+    write_cifar_folder(tmp_path, per_batch=2)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}, protocol=2))
+    with pytest.raises(DatasetFormatError, match=r"\(N, 3072\)"):
+        load_cifar10(tmp_path, train=False)
+    path.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DatasetFormatError, match="not a valid CIFAR-10 batch file"):
+        load_cifar10(tmp_path, train=False)
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_is_deterministic_balanced_and_uint8() -> None:
+    a, b, c = synthetic_cifar10(1000, seed=3), synthetic_cifar10(1000, seed=3), synthetic_cifar10(1000, seed=4)
+    assert a.images.shape == (1000, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    assert torch.bincount(a.labels).tolist() == [100] * 10
+    assert a.classes[0] == "disc" and len(a.classes) == 10
+    assert "not CIFAR-10" in (synthetic_cifar10.__doc__ or "")
+    with pytest.raises(InvalidOptionError):
+        synthetic_cifar10(0)
+
+
+def test_no_class_is_separable_by_mean_colour() -> None:
+    train, test = synthetic_cifar10(5000, seed=0), synthetic_cifar10(2000, seed=1)
+
+    def colour(d: ImageTensors) -> torch.Tensor:
+        return d.images.float().mean((2, 3))  # (N, 3) per-image mean colour
+
+    means = torch.stack([colour(train)[train.labels == k].mean(0) for k in range(10)])
+    accuracy = (torch.cdist(colour(test), means).argmin(1) == test.labels).float().mean().item()
+    assert accuracy < 0.2, accuracy  # chance is 0.1; measured 0.13
+
+
+def test_image_tensors_validates() -> None:
+    with pytest.raises(ShapeError):
+        ImageTensors(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ShapeError):
+        ImageTensors(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- TensorLoader
+
+
+def small() -> ImageTensors:
+    return synthetic_cifar10(100, seed=0)
+
+
+def test_loader_batches_cover_the_data_once_per_epoch() -> None:
+    data = small()
+    loader = TensorLoader(data.images, data.labels, batch_size=32, seed=1)
+    assert len(loader) == 4
+    xs, ys = zip(*loader)
+    assert [len(y) for y in ys] == [32, 32, 32, 4]
+    x = torch.cat(xs)
+    assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # the same images, reordered: compare as a multiset via sorted pixel sums
+    assert torch.equal((x * 255).round().sum((1, 2, 3)).sort().values, data.images.float().sum((1, 2, 3)).sort().values)
+    assert sorted(torch.cat(ys).tolist()) == sorted(data.labels.tolist())
+    assert len(TensorLoader(data.images, data.labels, batch_size=32, drop_last=True)) == 3
+
+
+def test_loader_conversion_matches_to_tensor() -> None:
+    data = small()
+    x, y = next(iter(TensorLoader(data.images, data.labels, batch_size=100, shuffle=False)))
+    torch.testing.assert_close(x, data.images.float() / 255, rtol=0, atol=1e-7)
+    assert torch.equal(y, data.labels)
+
+
+def test_order_is_a_function_of_seed_and_epoch() -> None:
+    data = small()
+    a = TensorLoader(data.images, data.labels, batch_size=100, seed=5, augment=True)
+    b = TensorLoader(data.images, data.labels, batch_size=100, seed=5, augment=True)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.set_epoch(4)
+    assert not torch.equal(next(iter(b))[1], ya)
+    # plain re-iteration moves to the next epoch
+    c = TensorLoader(data.images, data.labels, batch_size=100, seed=5)
+    first, second = next(iter(c))[1], next(iter(c))[1]
+    assert not torch.equal(first, second)
+    # a generator seeds the loader reproducibly
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert TensorLoader(data.images, data.labels, generator=g1).seed == TensorLoader(data.images, data.labels, generator=g2).seed
+
+
+def test_augmentation_is_crop_and_flip() -> None:
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, :, :16] = 255  # left half white
+    loader = TensorLoader(images, torch.zeros(64, dtype=torch.long), batch_size=64, augment=True, seed=0)
+    x, _ = next(iter(loader))
+    assert x.shape == (64, 3, 32, 32)
+    left_white = x[:, 0, 16, 0] == 1.0
+    right_white = x[:, 0, 16, 31] == 1.0
+    assert left_white.any() and right_white.any()  # some flipped, some not
+    assert bool(((x == 0) | (x == 1)).all())  # only values of the source (and zero padding)
+    white_columns = (x[:, 0, 16, :] == 1).sum(1)
+    assert int(white_columns.min()) >= 12 and int(white_columns.max()) <= 20  # shifted by at most 4 px
+
+
+def test_normalize_and_memory_format() -> None:
+    data = small()
+    loader = TensorLoader(data.images, data.labels, batch_size=10, shuffle=False, normalize=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                          memory_format=torch.channels_last)  # fmt: skip
+    x, _ = next(iter(loader))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, (data.images[:10].float() / 255 - 0.5) / 0.25)
+    with pytest.raises(InvalidOptionError):
+        TensorLoader(data.images, data.labels, normalize=((0.5, 0.5), (1, 1)))
+
+
+def test_shards_follow_distributed_sampler_semantics() -> None:
+    data = synthetic_cifar10(10, seed=0)
+    base = TensorLoader(data.images, data.labels, batch_size=100, seed=7)
+    sampler_like = []
+    for rank in range(3):
+        shard = base.shard(rank, 3)
+        shard.set_epoch(2)
+        assert len(shard) == 1 and shard.num_samples == 4
+        sampler_like.append(next(iter(shard))[0])
+    # padded to 12 = 4 per rank by repeating the start of the permutation
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(7 + 2))
+    order = torch.cat([perm, perm[:2]])
+    for rank, x in enumerate(sampler_like):
+        torch.testing.assert_close(x, data.images[order[rank::3]].float() / 255)
+    assert [base.shard(r, 3, drop_last=True).num_samples for r in range(3)] == [3, 3, 3]
+    assert [base.shard(r, 3, pad=False).num_samples for r in range(3)] == [4, 3, 3]
+    with pytest.raises(InvalidOptionError):
+        base.shard(3, 3)
+
+
+def test_loader_rejects_bad_input() -> None:
+    with pytest.raises(ShapeError):
+        TensorLoader(torch.zeros(2, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        TensorLoader(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(InvalidOptionError):
+        TensorLoader(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), batch_size=0)
+    floats = TensorLoader(torch.full((2, 3, 32, 32), 0.5), torch.zeros(2, dtype=torch.long))
+    assert floats.images.dtype == torch.uint8
