@@ -303,7 +303,7 @@ def _torch_load(path: Path, *, trusted: bool, map_location: Any) -> Any:
             msg = f"{path} is damaged: unpickling failed ({exc}). Re-save it from the original model."
             raise CorruptCheckpointError(msg) from exc
         if not trusted:
-            names = _unsafe_globals(path)
+            names = sorted(_unsafe_globals(path), key=lambda n: (n.startswith("torch."), n))
             found = f" (it references {', '.join(names[:4])})" if names else ""
             msg = (
                 f"{path} is a pickled module{found}; loading it can run arbitrary code. "
