@@ -483,7 +483,9 @@ def _run_epoch(
     images = int(totals[3])
     return EpochStats(
         epoch=epoch + 1,
-        loss_sum=totals[0],
+        # Shards are padded to equal batches, so the mean of the ranks' batch losses is the
+        # global batch loss: the loss sum then matches a single process on the same batches.
+        loss_sum=totals[0] / ctx.world_size,
         loss_mean=totals[1] / images,
         train_accuracy=totals[2] / images,
         images=images,

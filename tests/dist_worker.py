@@ -1,0 +1,43 @@
+"""A worker started by tests/test_distributed.py, with the environment torchrun would set."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from cifarkit import build_cnn, synthetic_cifar10, train_loop
+from cifarkit.errors import DistributedError
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = synthetic_cifar10(512, seed=0).loader(batch_size=32, seed=11)
+    eval_data = synthetic_cifar10(200, seed=1).loader(batch_size=64, shuffle=False)
+    if mode == "train":
+        history = train_loop(model, data, epochs=2, optimizer=optimizer, eval_data=eval_data, progress=False,
+                             device="cpu", checkpoint=out / "ck.pt")  # fmt: skip
+        torch.save(model.state_dict(), out / f"rank{rank}.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads()}))
+    elif mode == "die":
+
+        def die_on_rank1(epoch: int, history: object) -> None:
+            if rank == 1:
+                os._exit(3)  # a crash: no goodbye to the other rank
+
+        try:
+            train_loop(model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu", on_epoch_end=die_on_rank1)
+        except DistributedError as exc:
+            (out / "rank0.json").write_text(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

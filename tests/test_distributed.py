@@ -1,0 +1,112 @@
+"""torch.distributed: real gloo processes on this CPU, one thread each."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarkit import build_cnn, synthetic_cifar10, train_loop
+from cifarkit.distributed import context, launched_by_torchrun, share_threads
+from cifarkit.errors import DistributedError
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(mode: str, out: Path, world_size: int = 2, timeout: float = 240) -> list[subprocess.CompletedProcess[str]]:
+    """Start the ranks with the variables torchrun sets; one thread each (2 cores here)."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+               "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1", "CIFARKIT_DIST_TIMEOUT": "30",
+               "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(out)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_over_the_same_global_batches(tmp_path: Path) -> None:
+    results = launch("train", tmp_path)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # DDP keeps the ranks identical
+    h0, h1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert h0["history"] == h1["history"]  # every rank holds the same global figures
+    assert h0["threads"] == 1
+
+    # One process, batch 64 = 2 x 32, same seed: the same global batches in the same order.
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = synthetic_cifar10(512, seed=0).loader(batch_size=64, seed=11)
+    eval_data = synthetic_cifar10(200, seed=1).loader(batch_size=64, shuffle=False)
+    single = train_loop(model, data, epochs=2, optimizer=optimizer, eval_data=eval_data, progress=False, device="cpu")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(w0[k], v.contiguous(), rtol=1e-4, atol=1e-5)
+    epochs = h0["history"]["epochs"]
+    for ours, ref in zip(epochs, single.to_dict()["epochs"]):
+        assert ours["images"] == ref["images"] == 512
+        assert ours["loss_sum"] == pytest.approx(ref["loss_sum"], rel=1e-4)
+        assert ours["train_accuracy"] == pytest.approx(ref["train_accuracy"], abs=2 / 512)
+        assert ours["eval_accuracy"] == pytest.approx(ref["eval_accuracy"], abs=1 / 200)
+    raw = torch.load(tmp_path / "ck.pt", weights_only=True)  # written by rank 0 only
+    assert raw["epoch"] == 2 and not any(k.startswith("module.") for k in raw["model"]["state_dict"])
+
+
+@pytest.mark.slow
+def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    results = launch("die", tmp_path, timeout=180)
+    assert results[1].returncode == 3
+    assert results[0].returncode == 1, results[0].stderr[-2000:]
+    report = json.loads((tmp_path / "rank0.json").read_text())
+    assert report["error"] == "DistributedError"
+    assert "rank 0 of 2" in report["message"] and "another rank died" in report["message"]
+
+
+def test_detection_and_thread_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not launched_by_torchrun()
+    assert not context(None, torch.device("cpu")).active
+    with pytest.raises(DistributedError, match="launch with torchrun"):
+        context(True, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_by_torchrun()
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert share_threads(2) == max(1, (os.cpu_count() or 1) // 2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert share_threads(4) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_cifarkit_train_runs_under_torchrun(tmp_path: Path) -> None:
+    out = tmp_path / "model.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "cifarkit", "train", "--epochs", "1", "--train-size", "256", "--quiet", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1/1") == 1  # only rank 0 prints
+    assert out.is_file()
