@@ -83,13 +83,19 @@ def _dump(obj: Any, path: Path, flavour: str) -> None:
         path.write_bytes(pickle.dumps(obj, protocol=2))
 
 
-def write_cifar_folder(root: Path, *, per_batch: int = 40, flavour: str = "py2", seed: int = 0) -> tuple[ImageTensors, ImageTensors]:
+def write_cifar_folder(
+    root: Path, *, per_batch: int = 40, flavour: str = "py2", seed: int = 0
+) -> tuple[ImageTensors, ImageTensors]:
     """Write ``root/cifar-10-batches-py`` in the published format; return (train, test) truth."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     key = (lambda s: s.encode()) if flavour == "py2" else (lambda s: s)
-    meta = {key("label_names"): [key(c) for c in CIFAR10_CLASSES], key("num_cases_per_batch"): per_batch, key("num_vis"): 3072}
+    meta = {
+        key("label_names"): [key(c) for c in CIFAR10_CLASSES],
+        key("num_cases_per_batch"): per_batch,
+        key("num_vis"): 3072,
+    }
     _dump(meta, folder / "batches.meta", flavour)
     parts: dict[str, tuple[list[np.ndarray], list[list[int]]]] = {"train": ([], []), "test": ([], [])}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -105,7 +111,7 @@ def write_cifar_folder(root: Path, *, per_batch: int = 40, flavour: str = "py2",
     def truth(split: str) -> ImageTensors:
         arrays, labels = parts[split]
         images = torch.from_numpy(np.concatenate(arrays)).view(-1, 3, 32, 32)
-        return ImageTensors(images, torch.tensor(sum(labels, [])), list(CIFAR10_CLASSES))
+        return ImageTensors(images, torch.tensor([v for chunk in labels for v in chunk]), list(CIFAR10_CLASSES))
 
     return truth("train"), truth("test")
 

@@ -25,7 +25,14 @@ def main() -> None:
         history = train_loop(model, data, epochs=2, optimizer=optimizer, eval_data=eval_data, progress=False,
                              device="cpu", checkpoint=out / "ck.pt")  # fmt: skip
         torch.save(model.state_dict(), out / f"rank{rank}.pt")
-        (out / f"rank{rank}.json").write_text(json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads()}))
+        (out / f"rank{rank}.json").write_text(
+            json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads()})
+        )
+    elif mode == "resume":  # a second launch: continue the checkpoint of "train" to 3 epochs
+        history = train_loop(model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu",
+                             checkpoint=out / "ck.pt")  # fmt: skip
+        torch.save(model.state_dict(), out / f"resumed{rank}.pt")
+        (out / f"resumed{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
     elif mode == "die":
 
         def die_on_rank1(epoch: int, history: object) -> None:
@@ -33,7 +40,9 @@ def main() -> None:
                 os._exit(3)  # a crash: no goodbye to the other rank
 
         try:
-            train_loop(model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu", on_epoch_end=die_on_rank1)
+            train_loop(
+                model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu", on_epoch_end=die_on_rank1
+            )
         except DistributedError as exc:
             (out / "rank0.json").write_text(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
             sys.exit(1)

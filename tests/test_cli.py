@@ -16,7 +16,10 @@ from cifarkit.cli import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model.pt"
-    assert main(["train", "--epochs", "2", "--train-size", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"]) == 0
+    assert (
+        main(["train", "--epochs", "2", "--train-size", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"])
+        == 0
+    )
     return out
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar_folder
 
 from cifarkit import ImageTensors, TensorLoader, load_cifar10, synthetic_cifar10
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, InvalidOptionError, ShapeError
-
+from conftest import write_cifar_folder
 
 # --------------------------------------------------------------------------- CIFAR-10 on disk
 
@@ -133,7 +132,7 @@ def test_loader_batches_cover_the_data_once_per_epoch() -> None:
     xs, ys = zip(*loader)
     assert [len(y) for y in ys] == [32, 32, 32, 4]
     x = torch.cat(xs)
-    assert x.dtype == torch.float32 and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert x.dtype == torch.float32 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     # the same images, reordered: compare as a multiset via sorted pixel sums
     assert torch.equal((x * 255).round().sum((1, 2, 3)).sort().values, data.images.float().sum((1, 2, 3)).sort().values)
     assert sorted(torch.cat(ys).tolist()) == sorted(data.labels.tolist())
@@ -163,7 +162,10 @@ def test_order_is_a_function_of_seed_and_epoch() -> None:
     assert not torch.equal(first, second)
     # a generator seeds the loader reproducibly
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
-    assert TensorLoader(data.images, data.labels, generator=g1).seed == TensorLoader(data.images, data.labels, generator=g2).seed
+    assert (
+        TensorLoader(data.images, data.labels, generator=g1).seed
+        == TensorLoader(data.images, data.labels, generator=g2).seed
+    )
 
 
 def test_augmentation_is_crop_and_flip() -> None:

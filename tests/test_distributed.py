@@ -71,6 +71,16 @@ def test_two_ranks_match_one_process_over_the_same_global_batches(tmp_path: Path
     raw = torch.load(tmp_path / "ck.pt", weights_only=True)  # written by rank 0 only
     assert raw["epoch"] == 2 and not any(k.startswith("module.") for k in raw["model"]["state_dict"])
 
+    # Resume under the same launch: both ranks load the checkpoint and train epoch 3 only.
+    resumed = launch("resume", tmp_path)
+    assert [r.returncode for r in resumed] == [0, 0], [r.stderr[-2000:] for r in resumed]
+    r0, r1 = (json.loads((tmp_path / f"resumed{r}.json").read_text())["history"] for r in (0, 1))
+    assert r0 == r1 and [e["epoch"] for e in r0["epochs"]] == [1, 2, 3]
+    assert r0["epochs"][:2] == epochs  # the first two epochs come from the checkpoint
+    v0, v1 = (torch.load(tmp_path / f"resumed{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(v0[k], v1[k]) for k in v0)
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 3
+
 
 @pytest.mark.slow
 def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:

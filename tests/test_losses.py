@@ -31,7 +31,7 @@ def make(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 def same(a: torch.Tensor, b: torch.Tensor) -> None:
     assert a.dtype == b.dtype and a.shape == b.shape
-    assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
+    assert torch.equal(a, b) or ((a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()))
 
 
 # --------------------------------------------------------------------------- the tutorial's numbers

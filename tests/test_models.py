@@ -135,7 +135,9 @@ def test_every_trainable_parameter_gets_a_gradient(strategy: str) -> None:
     for model in (build_cnn(), build_cnn(activation="relu"), adapt_vgg16(strategy=strategy)):  # type: ignore[arg-type]
         out = model(torch.randn(2, 3, 32, 32))
         nn.functional.cross_entropy(out, torch.tensor([1, 2])).backward()
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        missing = [
+            n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+        ]
         assert missing == []
 
 

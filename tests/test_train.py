@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -50,7 +51,7 @@ def test_tutorial_settings_loss_sum_falls_every_epoch(train_set: Any) -> None:
     history = train_loop(build_cnn(), train_set.loader(batch_size=64, seed=0), epochs=5, lr=0.01, device="cpu",
                          progress=False)  # fmt: skip
     sums = history.column("loss_sum")
-    assert all(b < a for a, b in zip(sums, sums[1:])), sums
+    assert all(b < a for a, b in itertools.pairwise(sums)), sums
     assert isinstance(sums[0], float) and len(sums) == 5
 
 
@@ -77,7 +78,9 @@ def test_cpu_training_is_deterministic() -> None:
     def run() -> tuple[list[float], torch.Tensor]:
         torch.manual_seed(42)
         model = build_cnn(activation="relu", dropout=0.2)
-        history = train_loop(model, small_loader(192, batch_size=64, augment=True), epochs=2, device="cpu", progress=False)
+        history = train_loop(
+            model, small_loader(192, batch_size=64, augment=True), epochs=2, device="cpu", progress=False
+        )
         return history.column("loss_sum"), model.sequential[0].weight.detach().clone()
 
     (a, wa), (b, wb) = run(), run()
@@ -174,7 +177,15 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
         return False
 
     with pytest.raises(KeyboardInterrupt):
-        train_loop(model, small_loader(64), epochs=3, device="cpu", progress=False, checkpoint=checkpoint, on_epoch_end=interrupted)
+        train_loop(
+            model,
+            small_loader(64),
+            epochs=3,
+            device="cpu",
+            progress=False,
+            checkpoint=checkpoint,
+            on_epoch_end=interrupted,
+        )
     assert not model.training  # the caller's mode is back
     from cifarkit import load_checkpoint
 
@@ -182,7 +193,9 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
 
 
 def test_on_epoch_end_can_stop_training() -> None:
-    history = train_loop(build_cnn(), small_loader(64), epochs=5, device="cpu", progress=False, on_epoch_end=lambda e, h: e == 1)
+    history = train_loop(
+        build_cnn(), small_loader(64), epochs=5, device="cpu", progress=False, on_epoch_end=lambda e, h: e == 1
+    )
     assert len(history) == 2
 
 
@@ -232,6 +245,17 @@ def test_compile_records_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
     assert train_loop(build_cnn(), small_loader(64), device="cpu", progress=False).compile_seconds is None
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_amp_and_device_data() -> None:
+    data = synthetic_cifar10(512, seed=0)
+    loader = data.loader(batch_size=64, seed=0, device="cuda")
+    model = build_cnn(activation="relu")
+    history = train_loop(model, loader, epochs=2, amp=True, device="cuda", progress=False)
+    assert next(model.parameters()).is_cuda and history.epochs[-1].images == 512
+    assert evaluate(model, loader, device="cuda").count == 512
+
+
 def test_resolve_device() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
@@ -254,7 +278,7 @@ def test_evaluate_matches_a_manual_count_and_restores_mode() -> None:
     assert result.count == 300
     assert result.accuracy == pytest.approx(float((out.argmax(1) == data.labels).float().mean()))
     assert result.loss == pytest.approx(float(nn.functional.cross_entropy(out, data.labels)), rel=1e-5)
-    loss, accuracy, count = result
+    _, _, count = result
     assert count == 300
 
 
@@ -277,9 +301,9 @@ def test_predict_accepts_files_pil_images_and_tensors(tmp_path: Path) -> None:
 def test_predict_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    with pytest.raises(ImageReadError, match="notes.png"):
+    with pytest.raises(ImageReadError, match=r"notes\.png"):
         predict(build_cnn(), bad, device="cpu")
-    with pytest.raises(ImageReadError, match="missing.jpg"):
+    with pytest.raises(ImageReadError, match=r"missing\.jpg"):
         predict(build_cnn(), tmp_path / "missing.jpg", device="cpu")
     with pytest.raises(ShapeError):
         predict(build_cnn(), torch.zeros(4, 32, 32), device="cpu")

@@ -1,0 +1,390 @@
+"""Side-by-side training/inference speed of the tutorial CNN: tutorial loop vs bare loop vs cifarkit.
+
+One process; variants interleaved in shuffled rounds; each repeat runs for a fixed time after a
+warm-up; reports medians and the median of per-round ratios against the bare fp32 loop. Absolute
+numbers drift on a shared machine: read the ratios.
+
+    python benchmarks/bench.py            # full run (several minutes), writes results/latest.json
+    python benchmarks/bench.py --quick    # smoke run, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import ToTensor
+
+import cifarkit
+from cifarkit.train import cpu_supports_bf16, retain_cpu_memory
+
+HERE = Path(__file__).resolve().parent
+Runner = Callable[[int], int]  # run on n images, return images processed
+
+
+class PILCifar(Dataset[tuple[Any, int]]):
+    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 -> PIL image -> transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, 32, 32, 3) like CIFAR10
+        self.targets = labels.tolist()
+        self.transform = ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def make_variants(quick: bool) -> dict[str, Runner]:
+    data = cifarkit.synthetic_cifar10(4_000 if quick else 20_000, seed=0)
+    images, labels = data.images, data.labels
+    floats = images.float() / 255  # the bare loop's pre-made float32 tensors
+    pil = PILCifar(images, labels)
+
+    def fresh(**kw: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = cifarkit.build_cnn(**kw)
+        return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def tutorial(n: int) -> int:
+        model, optim = fresh()
+        loader = DataLoader(torch.utils.data.Subset(pil, range(n)), batch_size=1)
+        sum_loss: Any = 0
+        for img, target in loader:  # the tutorial's loop, sum_loss graph and all
+            result_loss = F.cross_entropy(model(img), target)
+            optim.zero_grad()
+            result_loss.backward()
+            optim.step()
+            sum_loss = sum_loss + result_loss
+        return n
+
+    def idiomatic(n: int) -> int:
+        model, optim = fresh()
+        total = 0.0
+        for img, target in DataLoader(torch.utils.data.Subset(pil, range(n)), batch_size=64, shuffle=True):
+            loss = F.cross_entropy(model(img), target)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            total += loss.item()
+        return n
+
+    def bare(n: int, *, channels_last: bool = False) -> int:
+        model, optim = fresh()
+        x_all, y_all = floats[:n], labels[:n]
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x_all = x_all.contiguous(memory_format=torch.channels_last)
+        total = 0.0
+        perm = torch.randperm(n)
+        for start in range(0, n, 64):
+            idx = perm[start : start + 64]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            total += loss.item()
+        return n
+
+    def ours(**options: Any) -> Runner:
+        def run(n: int) -> int:
+            model, optim = fresh()
+            loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=64, seed=0)
+            cifarkit.train_loop(model, loader, optimizer=optim, device="cpu", progress=False, **options)
+            return n
+
+        return run
+
+    compiled_model, compiled_optim = fresh()
+
+    def ours_compiled(n: int) -> int:
+        loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=64, seed=0)
+        cifarkit.train_loop(
+            compiled_model, loader, optimizer=compiled_optim, device="cpu", progress=False, compile=True
+        )
+        return n
+
+    eval_model = cifarkit.build_cnn()
+
+    def bare_inference(n: int) -> int:
+        eval_model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for start in range(0, n, 256):
+                out = eval_model(floats[start : start + 256])
+                correct += int((out.argmax(1) == labels[start : start + 256]).sum())
+        return n
+
+    def ours_evaluate(n: int) -> int:
+        cifarkit.evaluate(
+            eval_model, cifarkit.TensorLoader(images[:n], labels[:n], batch_size=256, shuffle=False), device="cpu"
+        )
+        return n
+
+    vgg_bare_model = cifarkit.adapt_vgg16()
+    vgg_ours_model = cifarkit.adapt_vgg16()
+    vgg_x, vgg_y = floats[:32], labels[:32]
+
+    def vgg_bare(n: int) -> int:
+        optim = torch.optim.SGD(vgg_bare_model.parameters(), lr=0.001)
+        for _ in range(max(1, n // 32)):
+            loss = F.cross_entropy(vgg_bare_model(vgg_x), vgg_y)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        return max(1, n // 32) * 32
+
+    def vgg_ours(n: int) -> int:
+        optim = torch.optim.SGD(vgg_ours_model.parameters(), lr=0.001)
+        steps = max(1, n // 32)
+        cifarkit.train_loop(vgg_ours_model, [(vgg_x, vgg_y)] * steps, optimizer=optim, device="cpu", progress=False)
+        return steps * 32
+
+    variants: dict[str, Runner] = {
+        "tutorial loop (PIL + ToTensor, batch 1)": tutorial,
+        "idiomatic DataLoader(batch_size=64)": idiomatic,
+        "bare loop (float32 tensors, randperm, 64)": bare,
+        "bare loop + channels_last": lambda n: bare(n, channels_last=True),
+        "cifarkit train_loop (defaults)": ours(),
+        "cifarkit train_loop(amp=True)": ours(amp=True),
+        "bare inference_mode, batch 256": bare_inference,
+        "cifarkit evaluate, batch 256": ours_evaluate,
+        "VGG16 step, batch 32: bare": vgg_bare,
+        "VGG16 step, batch 32: cifarkit": vgg_ours,
+    }
+    if not quick:
+        variants["cifarkit train_loop(compile=True)"] = ours_compiled
+    return variants
+
+
+BASELINES = {  # variant -> the variant its ratio is taken against
+    "bare inference_mode, batch 256": None,
+    "cifarkit evaluate, batch 256": "bare inference_mode, batch 256",
+    "VGG16 step, batch 32: bare": None,
+    "VGG16 step, batch 32: cifarkit": "VGG16 step, batch 32: bare",
+}
+BARE = "bare loop (float32 tensors, randperm, 64)"
+TUTORIAL = "tutorial loop (PIL + ToTensor, batch 1)"
+
+
+def calibrate(run: Runner, seconds: float) -> int:
+    """Images to process so that one repeat takes about ``seconds`` (after a warm-up run)."""
+    n = 32
+    run(n)  # warm-up (and compile, for the compiled variant)
+    while True:
+        start = time.perf_counter()
+        done = run(n)
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds / 4 or n >= 20_000:
+            return min(20_000, max(32, int(done / elapsed * seconds)))
+        n = min(20_000, n * 4)
+
+
+def rss_over_epochs(epochs: int) -> list[int]:
+    data = cifarkit.synthetic_cifar10(2000 if epochs > 2 else 256, seed=0)
+    marks: list[int] = []
+
+    def record(epoch: int, history: cifarkit.History) -> None:
+        with open("/proc/self/status") as handle:  # VmHWM: the peak resident set size so far
+            marks.append(next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM")))
+
+    cifarkit.train_loop(
+        cifarkit.build_cnn(), data.loader(seed=0), epochs=epochs, device="cpu", progress=False, on_epoch_end=record
+    )
+    return marks
+
+
+_ALLOCATOR_SCRIPT = """
+import sys, time, torch, torch.nn.functional as F
+import cifarkit
+from cifarkit.train import retain_cpu_memory
+if sys.argv[1] == "retain":
+    retain_cpu_memory()
+data = cifarkit.synthetic_cifar10(3200, seed=0)
+x, y = (data.images.float() / 255).contiguous(memory_format=torch.channels_last), data.labels
+torch.manual_seed(0)
+model = cifarkit.build_cnn().to(memory_format=torch.channels_last)
+optim = torch.optim.SGD(model.parameters(), lr=0.01)
+rates = []
+for rep in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    for i in range(0, 3200, 64):
+        loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    rates.append(3200 / (time.perf_counter() - start))
+print(sorted(rates[1:])[len(rates[1:]) // 2])
+"""
+
+
+def allocator_effect(quick: bool) -> dict[str, float]:
+    """The bare channels_last loop in fresh processes: glibc's default allocator vs retained memory.
+
+    The main table runs every variant with memory retained (the setting is process-wide once
+    ``train_loop`` applies it), so this separate pair shows what that setting alone is worth.
+    """
+    reps = "3" if quick else "6"
+    figures: dict[str, list[float]] = {"default": [], "retain": []}
+    for _ in range(1 if quick else 3):  # alternate the two, fresh process each time
+        for mode in ("default", "retain"):
+            out = subprocess.run([sys.executable, "-c", _ALLOCATOR_SCRIPT, mode, reps], capture_output=True,
+                                 text=True, check=True)  # fmt: skip
+            figures[mode].append(float(out.stdout.strip().splitlines()[-1]))
+    default, retained = statistics.median(figures["default"]), statistics.median(figures["retain"])
+    return {"default_img_s": default, "retain_img_s": retained, "ratio": retained / default}
+
+
+def distributed_scaling(quick: bool) -> dict[str, float]:
+    """Images/s of the same cifarkit run with 1 process (all cores) and 2 processes (1 thread each)."""
+    script = HERE / "dist_bench.py"
+    figures = {}
+    for procs in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                   str(script), str(out), "2000" if quick else "10000"]  # fmt: skip
+            subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            figures[f"{procs} process(es)"] = json.loads(out.read_text())["images_per_second"]
+    return figures
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_supports_bf16(),
+        "python": platform.python_version(),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one repeat")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default results/latest.json)")
+    args = parser.parse_args(argv)
+    rounds, seconds = (2, 0.2) if args.quick else (args.rounds, args.seconds)
+    out = args.out or HERE / "results" / ("quick.json" if args.quick else "latest.json")
+
+    # train_loop retains freed memory process-wide (see retain_cpu_memory); apply it up front so
+    # every variant, bare loops included, runs under the same allocator. Its own effect is
+    # measured separately, in fresh processes.
+    retain_cpu_memory()
+    variants = make_variants(args.quick)
+    sizes = {name: calibrate(run, seconds) for name, run in variants.items()}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    rng = random.Random(0)
+    for round_ in range(rounds):
+        order = list(variants)
+        rng.shuffle(order)
+        this_round: dict[str, float] = {}
+        for name in order:
+            start = time.perf_counter()
+            done = variants[name](sizes[name])
+            this_round[name] = done / (time.perf_counter() - start)
+            rates[name].append(this_round[name])
+        for name in variants:
+            base = BASELINES.get(name, BARE)
+            if base is not None:
+                ratios[name].append(this_round[name] / this_round[base])
+        print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
+
+    results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds_per_repeat": seconds, "variants": {}}
+    tutorial_median = statistics.median(rates[TUTORIAL])
+    for name in variants:
+        base = BASELINES.get(name, BARE)
+        results["variants"][name] = {
+            "images_per_second": statistics.median(rates[name]),
+            "ratio": statistics.median(ratios[name]) if ratios[name] else None,
+            "baseline": base,
+            "vs_tutorial": statistics.median(rates[name]) / tutorial_median if base == BARE else None,
+        }
+    marks = rss_over_epochs(2 if args.quick else 10)
+    results["rss_bytes_per_epoch"] = marks
+    if not args.quick:
+        results["allocator"] = allocator_effect(args.quick)
+        results["distributed_images_per_second"] = distributed_scaling(args.quick)
+    results["targets"] = check_targets(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    v = results["variants"]
+    bf16 = results["machine"]["native_bf16"]
+
+    def target(name: str, key: str, goal: float, applies: bool = True) -> dict[str, Any]:
+        got = v[name][key]
+        status = "n/a: no native bf16 on this CPU" if not applies else ("met" if got >= goal else "missed")
+        return {"what": f"{name}: {key} >= {goal}", "measured": round(got, 2), "status": status}
+
+    return [
+        target("cifarkit train_loop (defaults)", "ratio", 1.25),
+        target("cifarkit train_loop (defaults)", "vs_tutorial", 7.0),
+        target("cifarkit train_loop(amp=True)", "ratio", 3.0, bf16),
+        target("cifarkit train_loop(amp=True)", "vs_tutorial", 15.0, bf16),
+        target("cifarkit evaluate, batch 256", "ratio", 1.0),
+        target("VGG16 step, batch 32: cifarkit", "ratio", 1.0),
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']} "
+        f"({m['cpu_capability']}, native bf16: {m['native_bf16']}); {results['rounds']} rounds of "
+        f"{results['seconds_per_repeat']} s, medians.",
+        "",
+        "| variant | img/s | ratio | baseline of the ratio | x tutorial |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results["variants"].items():
+        ratio = "1.00" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        vs = "" if r["vs_tutorial"] is None else f"{r['vs_tutorial']:.1f}"
+        lines.append(f"| {name} | {r['images_per_second']:.0f} | {ratio} | {r['baseline'] or '—'} | {vs} |")
+    lines += ["", "| target | measured | status |", "|---|---|---|"]
+    lines += [f"| {t['what']} | {t['measured']} | {t['status']} |" for t in results["targets"]]
+    rss = results["rss_bytes_per_epoch"]
+    lines += ["", f"Peak RSS after each epoch (MB): {', '.join(f'{b / 1e6:.0f}' for b in rss)}"]
+    if "allocator" in results:
+        a = results["allocator"]
+        lines.append(
+            f"Allocator (bare channels_last loop, fresh processes): glibc default {a['default_img_s']:.0f} img/s, "
+            f"retained memory {a['retain_img_s']:.0f} img/s, ratio {a['ratio']:.2f}"
+        )
+    if "distributed_images_per_second" in results:
+        d = results["distributed_images_per_second"]
+        lines.append("Distributed (same run, global img/s): " + ", ".join(f"{k}: {val:.0f}" for k, val in d.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

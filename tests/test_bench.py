@@ -1,0 +1,27 @@
+"""The benchmark's --quick mode runs end to end (a smoke test: no assertion on timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert {"machine", "variants", "targets", "rss_bytes_per_epoch"} <= set(figures)
+    assert figures["machine"]["torch"] and figures["machine"]["cores"]
+    for name, variant in figures["variants"].items():
+        assert variant["images_per_second"] > 0, name
+    assert "| variant | img/s | ratio |" in result.stdout
