@@ -20,6 +20,7 @@ from typing import Literal, cast, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.loss import _Loss
 
 from cifarkit.errors import DtypeError, InvalidOptionError, ShapeError
 
@@ -253,7 +254,26 @@ def cross_entropy(
     )
 
 
-class L1Loss(nn.L1Loss):
+class _GuardedRegressionLoss(_Loss):
+    """Shared ``__init__``/``forward`` of :class:`L1Loss` and :class:`MSELoss`."""
+
+    _guarded: Callable[..., torch.Tensor]
+
+    def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
+        _check_option("reduction", reduction, get_args(Reduction))
+        _check_option("on_int", on_int, get_args(OnInt))
+        super().__init__(reduction=reduction)
+        self.on_int: OnInt = on_int
+        self.broadcast = broadcast
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        guarded = type(self)._guarded
+        return guarded(
+            input, target, reduction=cast("Reduction", self.reduction), on_int=self.on_int, broadcast=self.broadcast
+        )
+
+
+class L1Loss(_GuardedRegressionLoss, nn.L1Loss):
     """``torch.nn.L1Loss`` with the guards of :func:`l1_loss`.
 
     Example:
@@ -262,24 +282,10 @@ class L1Loss(nn.L1Loss):
         tensor(2.)
     """
 
-    def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
-        _check_option("reduction", reduction, get_args(Reduction))
-        _check_option("on_int", on_int, get_args(OnInt))
-        super().__init__(reduction=reduction)
-        self.on_int: OnInt = on_int
-        self.broadcast = broadcast
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return l1_loss(
-            input,
-            target,
-            reduction=cast("Reduction", self.reduction),
-            on_int=self.on_int,
-            broadcast=self.broadcast,
-        )
+    _guarded = l1_loss
 
 
-class MSELoss(nn.MSELoss):
+class MSELoss(_GuardedRegressionLoss, nn.MSELoss):
     """``torch.nn.MSELoss`` with the guards of :func:`mse_loss`.
 
     Example:
@@ -288,21 +294,7 @@ class MSELoss(nn.MSELoss):
         tensor(1.3333)
     """
 
-    def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
-        _check_option("reduction", reduction, get_args(Reduction))
-        _check_option("on_int", on_int, get_args(OnInt))
-        super().__init__(reduction=reduction)
-        self.on_int: OnInt = on_int
-        self.broadcast = broadcast
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mse_loss(
-            input,
-            target,
-            reduction=cast("Reduction", self.reduction),
-            on_int=self.on_int,
-            broadcast=self.broadcast,
-        )
+    _guarded = mse_loss
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
