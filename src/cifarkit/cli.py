@@ -103,7 +103,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from cifarkit.train import predict
 
     model = load(args.file, trusted=args.trusted)
-    classes = inspect(args.file).class_names if not args.trusted else None
+    classes = inspect(args.file).class_names  # reads names without unpickling anything
     for image, pred in zip(args.images, predict(model, list(args.images), classes=classes, device=args.device)):
         name = pred.label if pred.label is not None else f"class {pred.index}"
         print(f"{image}: {name} ({pred.probability:.1%})")

@@ -269,7 +269,10 @@ def evaluate(
     """Mean loss and accuracy of ``model`` over ``data``, in ``torch.inference_mode()``.
 
     The model is put in eval mode and the caller's train/eval mode is restored afterwards.
-    Accepts a :class:`~cifarkit.data.TensorLoader` or any iterable of ``(x, y)`` batches.
+    As in :func:`train_loop`, a model with convolutions is moved to ``device`` and switched to
+    the channels-last memory format (same results up to float rounding; ``channels_last=False``
+    keeps its layout). Accepts a :class:`~cifarkit.data.TensorLoader` or any iterable of
+    ``(x, y)`` batches.
     Under ``torchrun`` each rank evaluates its shard and the figures are summed over ranks.
 
     Example:
