@@ -181,24 +181,22 @@ def shard_data(data: Iterable[Any], ctx: DistContext, *, pad: bool) -> Iterable[
     return data
 
 
+def _all_reduce(ctx: DistContext, values: list[float], op: Any) -> list[float]:
+    # nccl reduces device tensors only; gloo works on CPU tensors.
+    device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return [float(v) for v in tensor.cpu()]
+
+
 def all_sum(ctx: DistContext, values: list[float]) -> list[float]:
     """Sum a few numbers over all ranks (float64, one collective); identity when not active."""
-    if not ctx.active:
-        return values
-    backend_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=backend_device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return [float(v) for v in tensor.cpu()]
+    return _all_reduce(ctx, values, dist.ReduceOp.SUM) if ctx.active else values
 
 
 def all_max(ctx: DistContext, value: float) -> float:
     """The largest ``value`` over all ranks (e.g. the slowest rank's seconds)."""
-    if not ctx.active:
-        return value
-    backend_device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([value], dtype=torch.float64, device=backend_device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return _all_reduce(ctx, [value], dist.ReduceOp.MAX)[0] if ctx.active else value
 
 
 def translate_error(exc: BaseException, ctx: DistContext) -> BaseException:

@@ -36,11 +36,26 @@ __all__ = [
     "UnsafeLoadError",
     "WeightsOnlyFileError",
     "WeightsUnavailableError",
+    "check_choice",
 ]
 
 
 class CifarkitError(Exception):
     """Base class of every error cifarkit raises on purpose."""
+
+
+def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    """Raise :class:`InvalidOptionError` listing the valid choices when ``value`` is not one.
+
+    Example:
+        >>> check_choice("strategy", "swap", ("replace", "append"))
+        Traceback (most recent call last):
+        ...
+        cifarkit.errors.InvalidOptionError: strategy='swap' is not valid; choose one of 'replace', 'append'
+    """
+    if value not in choices:
+        msg = f"{name}={value!r} is not valid; choose one of {', '.join(repr(c) for c in choices)}"
+        raise InvalidOptionError(msg)
 
 
 class ShapeError(CifarkitError, ValueError):

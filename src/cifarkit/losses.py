@@ -22,18 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from cifarkit.errors import DtypeError, InvalidOptionError, ShapeError
+from cifarkit.errors import DtypeError, ShapeError, check_choice
 
 __all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
 
 Reduction = Literal["mean", "sum", "none"]
 OnInt = Literal["cast", "raise"]
-
-
-def _check_option(name: str, value: object, choices: tuple[object, ...]) -> None:
-    if value not in choices:
-        msg = f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}"
-        raise InvalidOptionError(msg)
 
 
 def _as_tensor(value: object, name: str) -> torch.Tensor:
@@ -72,8 +66,8 @@ def _regression(
     on_int: OnInt,
     broadcast: bool,
 ) -> torch.Tensor:
-    _check_option("reduction", reduction, get_args(Reduction))
-    _check_option("on_int", on_int, get_args(OnInt))
+    check_choice("reduction", reduction, get_args(Reduction))
+    check_choice("on_int", on_int, get_args(OnInt))
     input, target = _as_tensor(input, "input"), _as_tensor(target, "target")
     if input.shape != target.shape and not broadcast:
         msg = (
@@ -209,7 +203,7 @@ def cross_entropy(
         >>> round(float(-x[1] + torch.log(torch.exp(x).sum())), 4)
         1.1019
     """
-    _check_option("reduction", reduction, get_args(Reduction))
+    check_choice("reduction", reduction, get_args(Reduction))
     input = _as_tensor(input, "input")
     target = _as_tensor(target, "target")
     if not input.is_floating_point():
@@ -260,8 +254,8 @@ class _GuardedRegressionLoss(_Loss):
     _guarded: Callable[..., torch.Tensor]
 
     def __init__(self, reduction: Reduction = "mean", *, on_int: OnInt = "cast", broadcast: bool = False) -> None:
-        _check_option("reduction", reduction, get_args(Reduction))
-        _check_option("on_int", on_int, get_args(OnInt))
+        check_choice("reduction", reduction, get_args(Reduction))
+        check_choice("on_int", on_int, get_args(OnInt))
         super().__init__(reduction=reduction)
         self.on_int: OnInt = on_int
         self.broadcast = broadcast
@@ -314,7 +308,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
     ) -> None:
-        _check_option("reduction", reduction, get_args(Reduction))
+        check_choice("reduction", reduction, get_args(Reduction))
         super().__init__(
             weight=weight,
             ignore_index=ignore_index,

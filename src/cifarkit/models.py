@@ -25,6 +25,7 @@ from cifarkit.errors import (
     ShapeError,
     StateDictMismatchError,
     WeightsUnavailableError,
+    check_choice,
 )
 
 __all__ = [
@@ -56,13 +57,6 @@ class BuildRecord(TypedDict):
     kwargs: dict[str, JSONScalar]
 
 
-def _check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    if value not in choices:
-        valid = ", ".join(repr(c) for c in choices)
-        msg = f"{name}={value!r} is not valid; choose one of {valid}"
-        raise InvalidOptionError(msg)
-
-
 class CifarCNN(nn.Module):
     """The tutorial's CIFAR-10 network, layer for layer.
 
@@ -86,7 +80,7 @@ class CifarCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, *, activation: Activation = "none", dropout: float = 0.0) -> None:
         super().__init__()
-        _check_choice("activation", activation, get_args(Activation))
+        check_choice("activation", activation, get_args(Activation))
         if not isinstance(num_classes, int) or num_classes < 1:
             msg = f"num_classes must be a positive int, got {num_classes!r}"
             raise InvalidOptionError(msg)
@@ -250,7 +244,7 @@ def adapt_vgg16(
         >>> model.eval()(torch.zeros(1, 3, 32, 32)).shape
         torch.Size([1, 10])
     """
-    _check_choice("strategy", strategy, get_args(Strategy))
+    check_choice("strategy", strategy, get_args(Strategy))
     if not isinstance(num_classes, int) or num_classes < 1:
         msg = f"num_classes must be a positive int, got {num_classes!r}"
         raise InvalidOptionError(msg)

@@ -42,7 +42,6 @@ from cifarkit.errors import (
     CheckpointIsDirectoryError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    InvalidOptionError,
     MissingExtraError,
     ModelClassNotFoundError,
     NonFiniteLossError,
@@ -50,6 +49,7 @@ from cifarkit.errors import (
     StateDictMismatchError,
     UnsafeLoadError,
     WeightsOnlyFileError,
+    check_choice,
 )
 from cifarkit.models import BuildRecord, get_build_record, rebuild
 
@@ -235,10 +235,7 @@ def save(
         >>> type(load(path)).__name__
         'CifarCNN'
     """
-    if method not in get_args(Method):
-        valid = ", ".join(repr(m) for m in get_args(Method))
-        msg = f"method={method!r} is not valid; choose one of {valid}"
-        raise InvalidOptionError(msg)
+    check_choice("method", method, get_args(Method))
     if method == "safetensors":
         data = _safetensors_bytes(model, classes)
         return atomic_write(path, lambda f: f.write(data))
