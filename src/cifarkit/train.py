@@ -514,7 +514,10 @@ def _run_epoch(
             bar.set_postfix(loss=f"{float(detached):.4f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
     seconds = time.perf_counter() - started
     if steps == 0:
-        msg = "training data yielded no batches"
+        msg = (
+            f"training data yielded no batches in epoch {epoch + 1} (a one-shot iterator or "
+            "generator is used up after one epoch: pass a list, a DataLoader or a TensorLoader)"
+        )
         raise ValueError(msg)
     totals = dist_mod.all_sum(
         ctx, [float(loss_sum), float(weighted), float(correct), float(seen), float(norm_sum), float(steps)]
