@@ -41,8 +41,6 @@ __all__ = [
     "wrap_model",
 ]
 
-_OWNED_GROUP = False
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -103,7 +101,6 @@ def context(distributed: bool | None, device: torch.device) -> DistContext:
     Raises:
         DistributedError: ``distributed=True`` without a launcher, or initialisation failed.
     """
-    global _OWNED_GROUP
     initialised = dist.is_available() and dist.is_initialized()
     wanted = (
         (launched_by_torchrun() or (initialised and dist.get_world_size() > 1)) if distributed is None else distributed
@@ -127,8 +124,7 @@ def context(distributed: bool | None, device: torch.device) -> DistContext:
         except Exception as exc:
             msg = f"could not initialise the {backend} process group: {exc}"
             raise DistributedError(msg) from exc
-        _OWNED_GROUP = True
-        atexit.register(_destroy)
+        atexit.register(_destroy)  # we created the group: we tear it down
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

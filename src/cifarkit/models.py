@@ -23,7 +23,6 @@ from cifarkit.errors import (
     InvalidOptionError,
     ModelRecordError,
     ShapeError,
-    StateDictMismatchError,
     WeightsUnavailableError,
     check_choice,
 )
@@ -186,13 +185,9 @@ def _read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    from cifarkit.persist import diagnose
+    from cifarkit.persist import apply_state_dict  # raises StateDictMismatchError with a diagnosis
 
-    diagnosis = diagnose(model, state_dict)
-    if not diagnosis.ok:
-        msg = f"weights from {source} do not fit the model.\n{diagnosis}"
-        raise StateDictMismatchError(msg)
-    model.load_state_dict(diagnosis.state_dict)
+    apply_state_dict(model, state_dict, strict=True, source=source)
 
 
 def _vgg_arch(model: VGG) -> str | None:

@@ -451,7 +451,15 @@ def diagnose(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, torch
     return diagnose_state_dict(model, state_dict)
 
 
-def _apply(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool, source: str) -> Diagnosis:
+def apply_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool, source: str
+) -> Diagnosis:
+    """Load ``state_dict`` into ``model`` (wrappers and key prefixes handled) and return the diagnosis.
+
+    ``strict=True`` raises :class:`~cifarkit.errors.StateDictMismatchError` carrying the diagnosis
+    when anything differs; ``strict=False`` loads the matching tensors and warns. ``source`` names
+    the weights in messages.
+    """
     diag = diagnose_state_dict(model, state_dict)
     inner = unwrap_model(model)
     if diag.ok:
@@ -512,7 +520,7 @@ def load(
     if isinstance(obj, nn.Module):
         if model is None:
             return obj
-        _apply(model, obj.state_dict(), strict=strict, source=os.fspath(path))
+        apply_state_dict(model, obj.state_dict(), strict=strict, source=os.fspath(path))
         return model
     state_dict, record = _weights_and_record(obj, path)
     if model is None:
@@ -524,7 +532,7 @@ def load(
             )
             raise WeightsOnlyFileError(msg)
         model = rebuild(record)
-    _apply(model, state_dict, strict=strict, source=os.fspath(path))
+    apply_state_dict(model, state_dict, strict=strict, source=os.fspath(path))
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
     return model
@@ -716,7 +724,7 @@ def load_checkpoint(path: PathLike, *, model: nn.Module, optimizer: torch.optim.
         )
         raise NotACheckpointError(msg)
     state_dict, _ = _weights_and_record(obj["model"], path)
-    _apply(model, state_dict, strict=True, source=os.fspath(path))
+    apply_state_dict(model, state_dict, strict=True, source=os.fspath(path))
     if optimizer is not None:
         optimizer.load_state_dict(obj["optimizer"])
     rng = (obj.get("rng") or {}).get("torch")
