@@ -7,6 +7,13 @@ Example:
     >>> history = cifarkit.train_loop(model, data.loader(seed=0), epochs=1, device="cpu", progress=False)
     >>> history.epochs[0].images
     256
+
+The package is flat; each module holds one concern and imports only modules below it (the
+layers are listed in the guide's "How cifarkit is built" page and kept by a test).
+
+May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.errors,
+cifarkit.evaluation, cifarkit.grads, cifarkit.history, cifarkit.loader, cifarkit.losses,
+cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -14,22 +21,18 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cifarkit import errors
-from cifarkit.data import ImageTensors, TensorLoader, load_cifar10, synthetic_cifar10
+from cifarkit.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.diagnosis import Diagnosis
+from cifarkit.evaluation import EvalResult, evaluate
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
+from cifarkit.history import EpochStats, History
+from cifarkit.loader import Loader, TensorLoader
 from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1_loss, mse_loss
 from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
-from cifarkit.persist import (
-    Checkpoint,
-    FileInfo,
-    diagnose,
-    inspect,
-    load,
-    load_checkpoint,
-    save,
-    save_checkpoint,
-)
-from cifarkit.train import EpochStats, EvalResult, History, Prediction, evaluate, predict, train_loop
+from cifarkit.persist import FileInfo, diagnose, inspect, load, save
+from cifarkit.prediction import Prediction, predict
+from cifarkit.train import train_loop, train_one_epoch
 
 try:
     __version__ = version("cifarkit")
@@ -48,6 +51,7 @@ __all__ = [
     "History",
     "ImageTensors",
     "L1Loss",
+    "Loader",
     "MSELoss",
     "ModelSummary",
     "Prediction",
@@ -73,5 +77,6 @@ __all__ = [
     "summary",
     "synthetic_cifar10",
     "train_loop",
+    "train_one_epoch",
     "watch_step",
 ]

@@ -1,4 +1,7 @@
-"""``python -m cifarkit``: the same command as ``cifarkit``."""
+"""``python -m cifarkit``: the same command as ``cifarkit``.
+
+May import: cifarkit.cli.
+"""
 
 from __future__ import annotations
 

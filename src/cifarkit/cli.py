@@ -1,7 +1,12 @@
 """The ``cifarkit`` command: train, evaluate, predict, inspect and plot.
 
 Bad arguments exit with status 2 and a one-line message; library errors exit with status 1 and
-the library's message (``--debug`` shows the traceback).
+the library's message (``--debug`` shows the traceback). The command owns its process, so unlike
+a library call it may change process-wide settings: it seeds torch and turns on
+:func:`~cifarkit.device.retain_cpu_memory`.
+
+May import: cifarkit.errors, cifarkit.device, cifarkit.loader, cifarkit.data, cifarkit.models,
+cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train.
 """
 
 from __future__ import annotations
@@ -10,12 +15,23 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["main"]
+from cifarkit.data import load_cifar10, synthetic_cifar10
+from cifarkit.device import resolve_device
+from cifarkit.errors import CifarkitError
+from cifarkit.evaluation import evaluate
+from cifarkit.history import History
+from cifarkit.loader import TensorLoader
+from cifarkit.models import adapt_vgg16, build_cnn
+from cifarkit.persist import inspect, load, save
+from cifarkit.prediction import predict
+from cifarkit.train import train_loop
+
+__all__ = ["build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,8 +40,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _data(spec: str, *, train: bool, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from cifarkit.data import load_cifar10, synthetic_cifar10
-
     if spec == "synthetic":
         data = synthetic_cifar10(size if train else max(1, size // 5), seed=seed if train else seed + 1)
     else:
@@ -34,8 +48,6 @@ def _data(spec: str, *, train: bool, size: int, seed: int) -> tuple[torch.Tensor
 
 
 def _build(name: str) -> torch.nn.Module:
-    from cifarkit.models import adapt_vgg16, build_cnn
-
     if name == "cnn":
         return build_cnn()
     if name == "cnn-relu":
@@ -45,10 +57,6 @@ def _build(name: str) -> torch.nn.Module:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cifarkit.data import TensorLoader
-    from cifarkit.persist import save
-    from cifarkit.train import History, resolve_device, train_loop
-
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     images, labels, classes = _data(args.data, train=True, size=args.train_size, seed=args.seed)
@@ -59,7 +67,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     eval_data = TensorLoader(eval_images, eval_labels, batch_size=256, shuffle=False, device=device)
     model = _build(args.model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=args.momentum)
-    import torch.distributed as dist
 
     def report(epoch: int, history: History) -> None:
         if dist.is_initialized() and dist.get_rank() != 0:
@@ -76,7 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
         amp=args.amp, progress=not args.quiet, on_epoch_end=report, checkpoint=args.checkpoint,
-        log_dir=args.log_dir,
+        log_dir=args.log_dir, retain_memory=True,
     )  # fmt: skip
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
@@ -86,10 +93,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifarkit.data import TensorLoader
-    from cifarkit.persist import load
-    from cifarkit.train import evaluate, resolve_device
-
     model = load(args.file, trusted=args.trusted)
     images, labels, _ = _data(args.data, train=False, size=args.size, seed=0)
     device = resolve_device(args.device)
@@ -99,9 +102,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cifarkit.persist import inspect, load
-    from cifarkit.train import predict
-
     model = load(args.file, trusted=args.trusted)
     classes = inspect(args.file).class_names  # reads names without unpickling anything
     for image, pred in zip(args.images, predict(model, list(args.images), classes=classes, device=args.device)):
@@ -111,23 +111,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from cifarkit.persist import inspect
-
     print(inspect(args.file))
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from cifarkit.train import History
-
-    run = Path(args.run_dir)
-    source = run / "history.json" if run.is_dir() else run
-    if not source.is_file():
-        from cifarkit.errors import CheckpointNotFoundError
-
-        msg = f"no history.json in {run}: pass the log_dir of a train_loop(..., log_dir=...) run"
-        raise CheckpointNotFoundError(msg)
-    out = History.from_json(source).plot(args.output)
+    out = History.from_json(args.run_dir).plot(args.output)
     print(f"wrote {out}")
     return 0
 
@@ -184,8 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    from cifarkit.errors import CifarkitError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "train_size", "size"):

@@ -1,63 +1,22 @@
-"""Why a ``state_dict`` does not fit a model, in plain words (the tutorial's "reason unknown")."""
+"""Why a ``state_dict`` does not fit a model, in plain words (the tutorial's "reason unknown"),
+and loading one with that diagnosis attached (:func:`apply_state_dict`).
+
+May import: cifarkit.errors, cifarkit.wrappers.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["Diagnosis", "diagnose_state_dict", "strip_wrapper_prefix", "unwrap_model"]
+from cifarkit.errors import StateDictMismatchError
+from cifarkit.wrappers import WRAPPER_PREFIXES, strip_wrapper_prefix, unwrap_model
 
-#: Prefixes added by wrappers: DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``).
-_WRAPPER_PREFIXES = {
-    "module.": "DistributedDataParallel (or DataParallel)",
-    "_orig_mod.": "torch.compile",
-}
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside ``torch.compile`` and ``DistributedDataParallel`` wrappers.
-
-    Example:
-        >>> from torch import nn
-        >>> inner = nn.Linear(2, 2)
-        >>> unwrap_model(torch.nn.DataParallel(inner)) is inner
-        True
-    """
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-def strip_wrapper_prefix(
-    state_dict: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Strip ``module.`` / ``_orig_mod.`` when *every* key carries it (repeatedly).
-
-    Returns the new dict and the prefixes removed, outermost first.
-
-    Example:
-        >>> sd, removed = strip_wrapper_prefix({"module.w": torch.zeros(1)})
-        >>> list(sd), removed
-        (['w'], ['module.'])
-    """
-    result = dict(state_dict)
-    removed: list[str] = []
-    changed = True
-    while changed and result:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in result):
-                result = {k[len(prefix) :]: v for k, v in result.items()}
-                removed.append(prefix)
-                changed = True
-    return result, removed
+__all__ = ["Diagnosis", "apply_state_dict", "diagnose_state_dict"]
 
 
 @dataclass
@@ -119,10 +78,10 @@ def _explain(diag: Diagnosis, model_keys: set[str], file_keys: set[str]) -> list
     for prefix in diag.stripped_prefixes:
         out.append(
             f"every key in the file started with {prefix!r}: it was saved from a "
-            f"{_WRAPPER_PREFIXES[prefix]} wrapper; the prefix was stripped automatically "
+            f"{WRAPPER_PREFIXES[prefix]} wrapper; the prefix was stripped automatically "
             "(save model.module / the unwrapped model to avoid it)."
         )
-    partial = [p for p in _WRAPPER_PREFIXES if any(k.startswith(p) for k in diag.unexpected)]
+    partial = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in diag.unexpected)]
     for prefix in partial:
         out.append(
             f"some keys start with {prefix!r} and some do not: the file mixes wrapped and "
@@ -213,4 +172,34 @@ def diagnose_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
         elif tuple(value.shape) != tuple(target[key].shape):
             diag.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
     diag.explanations = _explain(diag, model_keys, file_keys)
+    return diag
+
+
+def apply_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, strict: bool, source: str
+) -> Diagnosis:
+    """Load ``state_dict`` into ``model`` (wrappers and key prefixes handled) and return the diagnosis.
+
+    ``strict=True`` raises :class:`~cifarkit.errors.StateDictMismatchError` carrying the diagnosis
+    when anything differs; ``strict=False`` loads the matching tensors and warns. ``source`` names
+    the weights in messages.
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> apply_state_dict(model, {"module.weight": torch.ones(2, 2), "module.bias": torch.zeros(2)},
+        ...                  strict=True, source="a DDP file").stripped_prefixes
+        ['module.']
+        >>> float(model.weight.detach().sum())
+        4.0
+    """
+    diag = diagnose_state_dict(model, state_dict)
+    inner = unwrap_model(model)
+    if diag.ok:
+        inner.load_state_dict(diag.state_dict)
+    elif strict:
+        msg = f"cannot load {source} into {type(inner).__name__}: {diag}"
+        raise StateDictMismatchError(msg)
+    else:
+        inner.load_state_dict(diag.matching(), strict=False)
+        warnings.warn(f"loaded {source} partially (strict=False): {diag}", stacklevel=3)
     return diag

@@ -8,12 +8,18 @@ Launch any script that calls :func:`cifarkit.train_loop` with ``torchrun``::
 initialise the process group once (gloo on CPU, nccl on CUDA; an existing group is reused),
 wrap the model in ``DistributedDataParallel`` and give each rank its shard of the data. Metrics are
 summed over ranks so every rank's ``History`` holds the same global figures.
+
+A :class:`DistContext` is the collaborator the loop is handed: :meth:`DistContext.single` for an
+ordinary run, :func:`context` under ``torchrun``.
+
+May import: cifarkit.errors, cifarkit.loader.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import os
 import warnings
 from collections.abc import Iterable
@@ -28,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from cifarkit.errors import CifarkitError, DistributedError
+from cifarkit.loader import Loader
 
 __all__ = [
     "DistContext",
@@ -37,7 +44,9 @@ __all__ = [
     "default_timeout",
     "launched_by_torchrun",
     "shard_data",
+    "shard_dataloader",
     "share_threads",
+    "translate_error",
     "wrap_model",
 ]
 
@@ -51,6 +60,21 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+
+    @classmethod
+    def single(cls, device: torch.device) -> DistContext:
+        """An ordinary single-process run on ``device``.
+
+        Example:
+            >>> DistContext.single(torch.device("cpu")).is_main
+            True
+        """
+        return cls(False, 0, 1, 0, device)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that prints, logs and saves (rank 0; every single-process run)."""
+        return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -106,7 +130,7 @@ def context(distributed: bool | None, device: torch.device) -> DistContext:
         (launched_by_torchrun() or (initialised and dist.get_world_size() > 1)) if distributed is None else distributed
     )
     if not wanted:
-        return DistContext(False, 0, 1, 0, device)
+        return DistContext.single(device)
     if not dist.is_available():
         msg = "this PyTorch build has no torch.distributed; pass distributed=False"
         raise DistributedError(msg)
@@ -139,42 +163,65 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
 
 
 def shard_data(data: Iterable[Any], ctx: DistContext, *, pad: bool) -> Iterable[Any]:
-    """Give this rank its shard: ``TensorLoader.shard`` or a ``DistributedSampler``.
+    """Give this rank its shard: a :class:`~cifarkit.loader.Loader`'s own ``shard``, or a
+    ``DataLoader`` rebuilt around a ``DistributedSampler`` with all its other options kept.
 
     ``pad=True`` (training) pads every shard to the same length as ``DistributedSampler`` does;
-    ``pad=False`` (evaluation) splits without duplicates.
+    ``pad=False`` (evaluation) splits without duplicates (a ``DataLoader``'s sampler always pads).
     """
-    from cifarkit.data import TensorLoader
-
     if not ctx.active:
         return data
-    if isinstance(data, TensorLoader):
-        return data.shard(ctx.rank, ctx.world_size, drop_last=data.drop_last, pad=pad)
+    if isinstance(data, Loader):
+        return data.shard(ctx.rank, ctx.world_size, pad=pad)
     if isinstance(data, DataLoader):
-        if isinstance(data.sampler, DistributedSampler):
-            return data
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            data.dataset,
-            num_replicas=ctx.world_size,
-            rank=ctx.rank,
-            shuffle=isinstance(data.sampler, RandomSampler),
-            drop_last=data.drop_last,
-        )
-        return DataLoader(
-            data.dataset,
-            batch_size=data.batch_size,
-            sampler=sampler,
-            num_workers=data.num_workers,
-            collate_fn=data.collate_fn,
-            pin_memory=data.pin_memory,
-            drop_last=data.drop_last,
-        )
+        return shard_dataloader(data, ctx.rank, ctx.world_size)
     warnings.warn(
         f"cannot shard a {type(data).__name__} across ranks; every rank uses it as given "
         "(shard it yourself, or pass a TensorLoader or DataLoader)",
         stacklevel=3,
     )
     return data
+
+
+#: DataLoader arguments that the sharded copy sets itself.
+_SAMPLING_ARGS = frozenset({"self", "dataset", "sampler", "batch_sampler", "shuffle"})
+
+
+def shard_dataloader(loader: DataLoader[Any], rank: int, world_size: int) -> DataLoader[Any]:
+    """The same ``DataLoader`` with a ``DistributedSampler`` for ``rank``: every other constructor
+    option (workers, ``collate_fn``, ``worker_init_fn``, ``generator``, ``persistent_workers``,
+    ``prefetch_factor``, pinning...) is carried over as it was.
+
+    A loader that already has a ``DistributedSampler`` is returned as it is.
+
+    Raises:
+        DistributedError: the loader batches with a custom ``batch_sampler`` (no safe way to shard it).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=2, shuffle=True, drop_last=True)
+        >>> shard = shard_dataloader(loader, 1, 2)
+        >>> type(shard.sampler).__name__, shard.batch_size, shard.drop_last, len(shard.sampler)
+        ('DistributedSampler', 2, True, 5)
+    """
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_size is None:
+        msg = (
+            "cannot shard a DataLoader built with a custom batch_sampler across ranks; give it a "
+            "DistributedSampler yourself (torch.utils.data.DistributedSampler), or pass batch_size="
+        )
+        raise DistributedError(msg)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        drop_last=loader.drop_last,
+    )
+    names = inspect.signature(DataLoader.__init__).parameters
+    options = {name: getattr(loader, name) for name in names if name not in _SAMPLING_ARGS and hasattr(loader, name)}
+    return DataLoader(loader.dataset, sampler=sampler, **options)
 
 
 def _all_reduce(ctx: DistContext, values: list[float], op: Any) -> list[float]:

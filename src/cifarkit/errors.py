@@ -1,4 +1,6 @@
-"""The cifarkit exception hierarchy.
+"""The cifarkit exception hierarchy (the bottom layer: every other module may import it).
+
+May import: nothing from cifarkit.
 
 Every error raised for a user's mistake is a :class:`CifarkitError` *and* the builtin exception
 it refines, so code that already catches ``ValueError`` or ``FileNotFoundError`` keeps working::
@@ -19,17 +21,21 @@ __all__ = [
     "CheckpointIsDirectoryError",
     "CheckpointNotFoundError",
     "CifarkitError",
+    "ClassIndexError",
     "CorruptCheckpointError",
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DistributedError",
     "DtypeError",
+    "EmptyDataError",
+    "HistoryNotFoundError",
     "ImageReadError",
     "InvalidOptionError",
     "MissingExtraError",
     "ModelClassNotFoundError",
     "ModelRecordError",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "NotACheckpointError",
     "ShapeError",
     "StateDictMismatchError",
@@ -74,6 +80,14 @@ class DtypeError(CifarkitError, TypeError):
     """A tensor has the wrong dtype (e.g. integer input to L1/MSE with ``on_int='raise'``)."""
 
 
+class ClassIndexError(CifarkitError, ValueError):
+    """A class index (a label) lies outside ``[0, num_classes)`` of the model's head."""
+
+
+class EmptyDataError(CifarkitError, ValueError):
+    """A dataset or loader holds no images, or yields no batches."""
+
+
 class WeightsUnavailableError(CifarkitError, FileNotFoundError):
     """Pretrained weights are neither cached nor downloadable."""
 
@@ -88,6 +102,10 @@ class DatasetFormatError(CifarkitError, ValueError):
 
 class CheckpointNotFoundError(CifarkitError, FileNotFoundError):
     """A model or checkpoint file does not exist."""
+
+
+class HistoryNotFoundError(CifarkitError, FileNotFoundError):
+    """A run folder has no ``history.json`` (or the file given does not exist)."""
 
 
 class CheckpointIsDirectoryError(CifarkitError, IsADirectoryError):
@@ -124,6 +142,10 @@ class StateDictMismatchError(CifarkitError, RuntimeError):
 
 class NonFiniteLossError(CifarkitError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class NonFiniteWeightsError(CifarkitError, ValueError):
+    """A model's weights hold NaN or infinity (training diverged); it is not written to disk."""
 
 
 class ImageReadError(CifarkitError, OSError):

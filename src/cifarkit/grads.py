@@ -3,30 +3,21 @@
 The tutorial sets a breakpoint to watch ``.grad`` go from ``None`` to values after
 ``backward()`` and the weights change after ``step()``. :func:`grad_report` and
 :func:`watch_step` print the same facts as tables.
+
+May import: cifarkit.tables, cifarkit.wrappers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from cifarkit.diagnosis import unwrap_model
+from cifarkit.tables import format_table
+from cifarkit.wrappers import unwrap_model
 
 __all__ = ["GradReport", "GradRow", "StepReport", "StepRow", "grad_report", "watch_step"]
-
-
-def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    """Align columns: the first two left, the rest right."""
-    table = [headers, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
-
-    def fmt(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
 
 
 def _num(value: float | None) -> str:
@@ -69,7 +60,8 @@ class GradReport:
             for r in self.rows
         ]
         headers = ("parameter", "shape", "trainable", "grad", "grad L2", "mean|g|", "max|g|", "param L2")
-        return _table(headers, body) + f"\ntotal grad norm (L2): {self.total_norm:.6g}"
+        table = format_table(body, headers=headers, right=range(2, len(headers)))
+        return f"{table}\ntotal grad norm (L2): {self.total_norm:.6g}"
 
     def row(self, name: str) -> GradRow:
         """The row of the parameter called ``name``."""
@@ -148,9 +140,8 @@ class StepReport:
             for r in self.rows
         ]
         headers = ("parameter", "grad L2", "||w1 - w0||", "||w0||", "ratio")
-        return (
-            f"loss: {self.loss:.6g}\n" + _table(headers, body) + f"\ntotal grad norm (L2): {self.total_grad_norm:.6g}"
-        )
+        table = format_table(body, headers=headers, right=range(2, len(headers)))
+        return f"loss: {self.loss:.6g}\n{table}\ntotal grad norm (L2): {self.total_grad_norm:.6g}"
 
 
 def watch_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> StepReport:

@@ -10,6 +10,8 @@ confusing message or, worse, silently accepts:
 
 The ``nn.Module`` classes subclass ``torch.nn.L1Loss``/``MSELoss``/``CrossEntropyLoss``, so
 ``isinstance`` checks and ``reduction=`` keep working.
+
+May import: cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from cifarkit.errors import DtypeError, ShapeError, check_choice
+from cifarkit.errors import ClassIndexError, DtypeError, ShapeError, check_choice
 
 __all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
 
@@ -171,7 +173,7 @@ def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index:
                 f"the logits have C={c} classes, so indices must be in [0, {c - 1}]: is "
                 "num_classes of the model right, or are labels 1-based?"
             )
-            raise ValueError(msg)
+            raise ClassIndexError(msg)
     return target
 
 
@@ -193,7 +195,7 @@ def cross_entropy(
     Raises:
         ShapeError: logits are not ``(N, C, ...)`` or the target's shape does not fit them.
         DtypeError: float class indices, or non-floating logits.
-        ValueError: a class index outside ``[0, C)`` (checked for CPU tensors).
+        ClassIndexError: a class index outside ``[0, C)`` (checked for CPU tensors; a ``ValueError``).
 
     Example:
         >>> import torch

@@ -3,6 +3,8 @@
 Every model built here remembers how it was built (a small JSON-serialisable
 :class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
+
+May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.tables, cifarkit.wrappers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG, VGG16_Weights
 
+from cifarkit.diagnosis import apply_state_dict
 from cifarkit.errors import (
     AlreadyAdaptedError,
     InvalidOptionError,
@@ -26,6 +29,9 @@ from cifarkit.errors import (
     WeightsUnavailableError,
     check_choice,
 )
+from cifarkit.files import read_state_dict
+from cifarkit.tables import format_table
+from cifarkit.wrappers import unwrap_model
 
 __all__ = [
     "BuildRecord",
@@ -175,19 +181,7 @@ def _imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
                 "the cache folder), or pass weights='path/to/vgg16.pth' or weights=None."
             )
             raise WeightsUnavailableError(msg) from exc
-    return _read_weights(path)
-
-
-def _read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    from cifarkit.persist import read_state_dict  # persist builds on models; import late
-
     return read_state_dict(path)
-
-
-def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    from cifarkit.persist import apply_state_dict  # raises StateDictMismatchError with a diagnosis
-
-    apply_state_dict(model, state_dict, strict=True, source=source)
 
 
 def _vgg_arch(model: VGG) -> str | None:
@@ -267,9 +261,9 @@ def adapt_vgg16(
         raise AlreadyAdaptedError(msg)
 
     if weights == "imagenet":
-        _load_strict(model, _imagenet_state_dict(progress), "the ImageNet cache")
+        apply_state_dict(model, _imagenet_state_dict(progress), strict=True, source="the ImageNet cache")
     elif weights is not None:
-        _load_strict(model, _read_weights(weights), os.fspath(weights))
+        apply_state_dict(model, read_state_dict(weights), strict=True, source=os.fspath(weights))
 
     if strategy == "replace":
         model.classifier[6] = nn.Linear(4096, num_classes)
@@ -301,9 +295,7 @@ def get_build_record(model: nn.Module) -> BuildRecord | None:
         >>> get_build_record(build_cnn(activation="relu"))["kwargs"]["activation"]
         'relu'
     """
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner) if isinstance(inner, nn.Module) else inner
-    record = getattr(inner, RECORD_ATTR, None)
+    record = getattr(unwrap_model(model), RECORD_ATTR, None)
     return cast("BuildRecord | None", record)
 
 
@@ -367,21 +359,12 @@ class ModelSummary:
         return self.total - self.trainable
 
     def __str__(self) -> str:
-        headers = ("layer", "type", "params", "trainable", "detail")
-        table = [headers] + [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-        lines = [
-            "  ".join(
-                cell.rjust(w) if i in (2, 3) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
-            ).rstrip()
-            for row in table
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(
-            f"total params: {self.total:,}  trainable: {self.trainable:,}  "
+        body = [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
+        table = format_table(body, headers=("layer", "type", "params", "trainable", "detail"), right=(2, 3))
+        return (
+            f"{table}\ntotal params: {self.total:,}  trainable: {self.trainable:,}  "
             f"frozen: {self.frozen:,}  size (fp32): {self.size_mb:.2f} MB"
         )
-        return "\n".join(lines)
 
 
 def summary(model: nn.Module) -> ModelSummary:

@@ -15,6 +15,8 @@ Scalar tags, one point per epoch (the step is the epoch number, from 1):
 ``optim/lr``                 learning rate (``optim/lr_group{i}`` for further param groups)
 ``grad/total_norm``          mean over the epoch's steps of the global gradient L2 norm
 =========================== ===============================================================
+
+May import: cifarkit.errors, cifarkit.files, cifarkit.history.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from cifarkit.errors import MissingExtraError
-
-if TYPE_CHECKING:
-    from cifarkit.train import EpochStats, History
+from cifarkit.files import atomic_write
+from cifarkit.history import EpochStats, History
 
 __all__ = ["RunLogger"]
 
@@ -84,8 +85,6 @@ class RunLogger:
         """Write the epoch's scalars and rewrite ``history.json`` atomically."""
         if self._writer is None:
             return
-        from cifarkit.persist import atomic_write
-
         step = stats.epoch
         scalars: dict[str, float | None] = {
             "loss/sum": stats.loss_sum,

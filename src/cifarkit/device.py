@@ -1,0 +1,155 @@
+"""Where and how tensors run: device choice, memory format, autocast, and the CPU allocator.
+
+``device="auto"`` is resolved here and nowhere else. The memory-format helpers put a model and
+its batches in the same layout once, so the training step itself never converts anything.
+
+May import: cifarkit.errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+from torch import nn
+
+from cifarkit.errors import InvalidOptionError
+
+__all__ = [
+    "autocast",
+    "cpu_supports_bf16",
+    "memory_format_for",
+    "move_batch",
+    "place_model",
+    "resolve_device",
+    "retain_cpu_memory",
+]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else MPS, else CPU; anything else as ``torch.device``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        msg = f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        raise InvalidOptionError(msg) from exc
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX), so ``amp=True`` pays off.
+
+    Example:
+        >>> isinstance(cpu_supports_bf16(), bool)
+        True
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def autocast(device: torch.device, amp: bool) -> torch.autocast:
+    """bf16 autocast on ``device`` when ``amp`` is true; a disabled context otherwise.
+
+    Example:
+        >>> with autocast(torch.device("cpu"), True):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+def memory_format_for(model: nn.Module, channels_last: bool | None = None) -> torch.memory_format:
+    """``torch.channels_last`` for models with ``Conv2d`` (or when asked), else contiguous.
+
+    Example:
+        >>> memory_format_for(nn.Conv2d(3, 8, 3)), memory_format_for(nn.Linear(2, 2))
+        (torch.channels_last, torch.contiguous_format)
+    """
+    use = any(isinstance(m, nn.Conv2d) for m in model.modules()) if channels_last is None else channels_last
+    return torch.channels_last if use else torch.contiguous_format
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> torch.memory_format:
+    """Move ``model`` to ``device`` in its memory format (see :func:`memory_format_for`); return it.
+
+    Idempotent: a model already in place is left as it is (parameters keep their identity, so an
+    optimizer built on them stays valid).
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> place_model(conv, torch.device("cpu"))
+        torch.channels_last
+        >>> conv.weight.is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    fmt = memory_format_for(model, channels_last)
+    model.to(device).to(memory_format=fmt)
+    return fmt
+
+
+def move_batch(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, fmt: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put a batch on ``device``, images in ``fmt``; tensors already there are not copied.
+
+    Example:
+        >>> x, y = move_batch(torch.zeros(2, 3, 4, 4), torch.zeros(2), torch.device("cpu"), torch.channels_last)
+        >>> x.is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    if x.ndim == 4 and not x.is_contiguous(memory_format=fmt):
+        x = x.to(device, non_blocking=True, memory_format=fmt)
+    elif x.device != device:
+        x = x.to(device, non_blocking=True)
+    if y.device != device:
+        y = y.to(device, non_blocking=True)
+    return x, y
+
+
+_ALLOCATOR_TUNED = False
+
+
+def retain_cpu_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    A conv net frees and re-allocates the same multi-MB activation buffers every step. By default
+    glibc hands large freed blocks back to the OS (``munmap``/heap trimming), so every step
+    page-faults them in again. Raising ``M_MMAP_THRESHOLD`` to its maximum (32 MiB) and
+    ``M_TRIM_THRESHOLD`` to 1 GiB keeps them in the heap. The setting is **process-wide** and
+    lasts until the process ends; the cost is that the process keeps its peak heap. Library
+    calls apply it only when asked (``train_loop(retain_memory=True)``); the ``cifarkit`` command,
+    which owns its process, turns it on. ``benchmarks/README.md`` has the measured gain.
+    Returns whether it was applied.
+
+    Example:
+        >>> isinstance(retain_cpu_memory(), bool)
+        True
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        ok = bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok

@@ -1,0 +1,136 @@
+"""What a training run records: :class:`EpochStats` per epoch, gathered in a :class:`History`.
+
+Plain dataclasses that round-trip through JSON (``history.json``) and through
+``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
+
+May import: cifarkit.errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cifarkit.errors import HistoryNotFoundError, MissingExtraError, check_choice
+
+__all__ = ["EpochStats", "History"]
+
+
+@dataclass
+class EpochStats:
+    """Figures of one epoch (``epoch`` counts from 1).
+
+    Attributes:
+        epoch: The epoch's number, from 1.
+        loss_sum: The tutorial's ``sum_loss``: the sum of the batch losses.
+        loss_mean: Mean training loss per image.
+        train_accuracy: Share of training images classified right while training (0-1).
+        images: Training images seen (over all ranks under DDP).
+        seconds: Wall time of the epoch (the slowest rank's under DDP).
+        images_per_second: ``images / seconds``.
+        lr: Learning rate of each optimizer parameter group at the end of the epoch.
+        grad_norm: Mean over the epoch's steps of the global gradient L2 norm (before clipping).
+        eval_loss: Mean loss per image on ``eval_data``, if any.
+        eval_accuracy: Accuracy on ``eval_data``, if any.
+        first_step_seconds: Time from the epoch's start until its first optimizer step ended
+            (with ``torch.compile``, the first epoch's includes compiling).
+    """
+
+    epoch: int
+    loss_sum: float
+    loss_mean: float
+    train_accuracy: float
+    images: int
+    seconds: float
+    images_per_second: float
+    lr: list[float] = field(default_factory=list)
+    grad_norm: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    first_step_seconds: float | None = None
+
+
+_FIELDS = frozenset(f.name for f in fields(EpochStats))
+
+
+@dataclass
+class History:
+    """Per-epoch figures of a training run: ``history.epochs[-1].loss_sum`` and friends.
+
+    Example:
+        >>> h = History([EpochStats(1, 10.0, 1.0, 0.5, 10, 1.0, 10.0)])
+        >>> History.from_dict(h.to_dict()) == h
+        True
+        >>> h.column("loss_sum")
+        [10.0]
+    """
+
+    epochs: list[EpochStats] = field(default_factory=list)
+    compile_seconds: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def column(self, name: str) -> list[Any]:
+        """One figure over all epochs, e.g. ``history.column("eval_accuracy")``."""
+        check_choice("name", name, tuple(sorted(_FIELDS)))
+        return [getattr(e, name) for e in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (and ``torch.load(weights_only=True)``-safe)."""
+        return {"epochs": [asdict(e) for e in self.epochs], "compile_seconds": self.compile_seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict` (fields a newer version added are ignored)."""
+        return cls(
+            epochs=[EpochStats(**{k: v for k, v in e.items() if k in _FIELDS}) for e in data.get("epochs", [])],
+            compile_seconds=data.get("compile_seconds"),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> History:
+        """Read a ``history.json`` written by ``train_loop(..., log_dir=...)``, or the run folder holding it.
+
+        Raises:
+            HistoryNotFoundError: no such file (or no ``history.json`` in the folder).
+        """
+        source = Path(path)
+        if source.is_dir():
+            source = source / "history.json"
+        if not source.is_file():
+            msg = f"no history at {source}: pass the log_dir of a train_loop(..., log_dir=...) run or its history.json"
+            raise HistoryNotFoundError(msg)
+        return cls.from_dict(json.loads(source.read_text()))
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG of the loss and accuracy curves, train and eval on the same axes.
+
+        Draws on its own ``matplotlib.figure.Figure``: pyplot and matplotlib's backend are left
+        as they are. Needs matplotlib (``pip install 'cifarkit[plot]'``). 1000x400 pixels.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            msg = "History.plot needs matplotlib: pip install 'cifarkit[plot]'"
+            raise MissingExtraError(msg) from exc
+        epochs = self.column("epoch")
+        fig = Figure(figsize=(10, 4), dpi=100)
+        ax_loss, ax_acc = fig.subplots(1, 2)
+        ax_loss.plot(epochs, self.column("loss_mean"), marker="o", label="train")
+        ax_acc.plot(epochs, self.column("train_accuracy"), marker="o", label="train")
+        if any(v is not None for v in self.column("eval_loss")):
+            ax_loss.plot(epochs, self.column("eval_loss"), marker="s", label="eval")
+            ax_acc.plot(epochs, self.column("eval_accuracy"), marker="s", label="eval")
+        ax_loss.set(title="loss (mean per image)", xlabel="epoch")
+        ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        return out

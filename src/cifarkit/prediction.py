@@ -1,0 +1,71 @@
+"""Classify one's own pictures with a trained model: the top class, its name and probability.
+
+May import: cifarkit.device, cifarkit.images, cifarkit.wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cifarkit.device import resolve_device
+from cifarkit.images import image_batch
+from cifarkit.wrappers import unwrap_model
+
+__all__ = ["Prediction", "predict"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top class of one input: index, name (when known) and softmax probability."""
+
+    index: int
+    label: str | None
+    probability: float
+
+
+def predict(
+    model: nn.Module,
+    inputs: object | Sequence[object],
+    *,
+    classes: Sequence[str] | None = None,
+    device: str | torch.device = "auto",
+    size: int = 32,
+) -> list[Prediction]:
+    """Classify your own pictures: file paths, PIL images, or tensors ``(3, H, W)``/``(N, 3, H, W)``.
+
+    uint8 tensors and images are scaled to [0, 1] (as :class:`~cifarkit.loader.TensorLoader` does),
+    then resized to ``size`` x ``size`` (bilinear, antialiased) when needed. The model runs in
+    eval mode under ``torch.inference_mode()``; its train/eval mode is restored afterwards.
+
+    Raises:
+        ImageReadError: a file is missing or not an image (the message names it).
+
+    Example:
+        >>> import torch
+        >>> from cifarkit import build_cnn
+        >>> preds = predict(build_cnn(), torch.zeros(2, 3, 64, 64), classes=list("abcdefghij"))
+        >>> len(preds), preds[0].label in list("abcdefghij")
+        (2, True)
+    """
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    x = image_batch(items, size=size)  # (N, 3, size, size) float in [0, 1]
+    dev = resolve_device(device)
+    inner = unwrap_model(model)
+    inner.to(dev)
+    was_training = inner.training
+    inner.eval()
+    try:
+        with torch.inference_mode():
+            probs = torch.softmax(inner(x.to(dev)).float(), dim=1).cpu()
+    finally:
+        inner.train(was_training)
+    top_p, top_i = probs.max(1)
+    names = list(classes) if classes is not None else None
+    return [
+        Prediction(int(i), names[int(i)] if names and int(i) < len(names) else None, float(p))
+        for p, i in zip(top_p, top_i)
+    ]
