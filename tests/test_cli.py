@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,24 +12,33 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cifarkit import load, synthetic_cifar10
+from cifarkit import evaluate, load, predict, synthetic_cifar10
 from cifarkit.cli import main
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("cli") / "model.pt"
-    assert (
-        main(["train", "--epochs", "2", "--train-size", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"])
-        == 0
-    )
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(
+            ["train", "--epochs", "2", "--train-size", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"]
+        )
+    assert status == 0
+    return out, printed.getvalue().splitlines()
 
 
-def test_train_prints_epochs_and_saves(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert trained.is_file()
-    model = load(trained)
+def test_train_prints_epochs_and_saves_the_model_it_reports_on(trained: tuple[Path, list[str]]) -> None:
+    path, lines = trained
+    assert [line.split("  ")[0] for line in lines[:2]] == ["epoch 1/2", "epoch 2/2"]
+    assert lines[2].startswith(f"saved {path} (")
+    model = load(path)
     assert type(model).__name__ == "CifarCNN" and model.sequential[1].__class__.__name__ == "ReLU"
+    # The last line's held-out accuracy is the saved model's accuracy on the same held-out data
+    # (--train-size 256: 51 images generated with seed 1).
+    printed = float(re.search(r"eval acc ([\d.]+)%", lines[1]).group(1))  # type: ignore[union-attr]
+    held_out = synthetic_cifar10(51, seed=1).loader(batch_size=256, shuffle=False)
+    assert evaluate(model, held_out, device="cpu").accuracy * 100 == pytest.approx(printed, abs=0.05)
 
 
 def test_train_output_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,18 +48,23 @@ def test_train_output_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert lines[1].startswith("epoch 2/2") and lines[2].startswith("saved ")
 
 
-def test_evaluate_inspect_predict(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", str(trained), "--size", "200"]) == 0
-    assert "accuracy" in capsys.readouterr().out
-    assert main(["inspect", str(trained)]) == 0
+def test_evaluate_inspect_predict(
+    trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = trained[0]
+    model = load(file)
+    assert main(["evaluate", str(file), "--size", "200"]) == 0
+    expected = evaluate(model, synthetic_cifar10(200, seed=1).loader(batch_size=256, shuffle=False), device="cpu")
+    assert f"accuracy {expected.accuracy:.2%}  on 200 images" in capsys.readouterr().out
+    assert main(["inspect", str(file)]) == 0
     text = capsys.readouterr().out
     assert "state_dict" in text and "145,578" in text and "class names" in text and "disc" in text
-    image = synthetic_cifar10(1, seed=5).images[0].permute(1, 2, 0).numpy()
+    image = synthetic_cifar10(1, seed=5).images[0]
     path = tmp_path / "shape.png"
-    Image.fromarray(image).save(path)
-    assert main(["predict", str(trained), str(path)]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{path}: ") and line.endswith("%)")
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    assert main(["predict", str(file), str(path)]) == 0
+    pred = predict(model, image, classes=synthetic_cifar10(1).classes, device="cpu")[0]
+    assert capsys.readouterr().out.strip() == f"{path}: {pred.label} ({pred.probability:.1%})"
 
 
 def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

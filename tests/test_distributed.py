@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from cifarkit import build_cnn, synthetic_cifar10, train_loop
-from cifarkit.distributed import context, launched_by_torchrun, share_threads
+from cifarkit.distributed import DistContext, context, launched_by_torchrun, shard_data, shard_dataloader, share_threads
 from cifarkit.errors import DistributedError
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -120,3 +121,25 @@ def test_cifarkit_train_runs_under_torchrun(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 1/1") == 1  # only rank 0 prints
     assert out.is_file()
+
+
+def _seed_worker(worker_id: int) -> None:  # a worker_init_fn the sharded loader must keep
+    torch.manual_seed(worker_id)
+
+
+def test_sharding_a_dataloader_keeps_all_its_options() -> None:
+    generator = torch.Generator().manual_seed(3)
+    loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=3, shuffle=True, num_workers=1,
+                        worker_init_fn=_seed_worker, generator=generator, persistent_workers=True,
+                        prefetch_factor=4, drop_last=True, timeout=30)  # fmt: skip
+    ctx = DistContext(True, 1, 2, 1, torch.device("cpu"))
+    shard = shard_data(loader, ctx, pad=True)
+    assert isinstance(shard.sampler, DistributedSampler) and shard.sampler.rank == 1  # type: ignore[attr-defined]
+    assert shard.sampler.shuffle and shard.sampler.num_replicas == 2  # type: ignore[attr-defined]
+    for option in ("batch_size", "num_workers", "worker_init_fn", "generator", "persistent_workers",
+                   "prefetch_factor", "drop_last", "timeout", "collate_fn", "pin_memory"):  # fmt: skip
+        assert getattr(shard, option) == getattr(loader, option), option
+    assert shard_dataloader(shard, 0, 2) is shard  # already sharded: left as it is
+    assert shard_data(loader, DistContext.single(torch.device("cpu")), pad=True) is loader
+    with pytest.raises(DistributedError, match="custom batch_sampler"):
+        shard_dataloader(DataLoader(TensorDataset(torch.arange(4)), batch_sampler=[[0, 1], [2, 3]]), 0, 2)

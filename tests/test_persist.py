@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import pickle
-import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -23,14 +17,9 @@ from torch import nn
 from cifarkit import (
     adapt_vgg16,
     build_cnn,
-    diagnose,
     inspect,
     load,
-    load_checkpoint,
     save,
-    save_checkpoint,
-    synthetic_cifar10,
-    train_loop,
 )
 from cifarkit.errors import (
     CheckpointIsDirectoryError,
@@ -39,9 +28,8 @@ from cifarkit.errors import (
     CorruptCheckpointError,
     InvalidOptionError,
     ModelClassNotFoundError,
-    NonFiniteLossError,
+    NonFiniteWeightsError,
     NotACheckpointError,
-    StateDictMismatchError,
     UnsafeLoadError,
     WeightsOnlyFileError,
 )
@@ -178,76 +166,6 @@ def test_malicious_pickle_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-# --------------------------------------------------------------------------- diagnosis
-
-
-@pytest.fixture(scope="module")
-def vggs() -> dict[str, nn.Module]:
-    """One plain (ImageNet-head) VGG16 and one of each adaptation, built once: VGG16 is big."""
-    return {"plain": torchvision.models.vgg16(), "replace": adapt_vgg16(), "append": adapt_vgg16(strategy="append")}
-
-
-def test_diagnose_append_file_into_replace_model(vggs: dict[str, nn.Module]) -> None:
-    saved = vggs["append"].state_dict()
-    diag = diagnose(vggs["replace"], saved)
-    assert diag.unexpected == ["classifier.add_linear.bias", "classifier.add_linear.weight"]
-    assert [m[0] for m in diag.mismatched] == ["classifier.6.bias", "classifier.6.weight"]
-    text = str(diag)
-    assert (
-        "strategy='append'" in text
-        and "classifier.add_linear" in text
-        and "size mismatch for classifier.6.weight" in text
-    )
-
-
-def test_diagnose_imagenet_head_into_adapted_model_and_back(vggs: dict[str, nn.Module]) -> None:
-    imagenet = vggs["plain"].state_dict()
-    diag = diagnose(vggs["replace"], imagenet)
-    assert diag.mismatched == [("classifier.6.bias", (1000,), (10,)), ("classifier.6.weight", (1000, 4096), (10, 4096))]
-    assert "un-adapted ImageNet head" in str(diag) and "adapt_vgg16(weights=path)" in str(diag)
-    reverse = diagnose(vggs["plain"], vggs["replace"].state_dict())
-    assert "saved after adapt_vgg16(strategy='replace')" in str(reverse)
-    assert "saved from a 'replace'-adapted" in str(diagnose(vggs["append"], vggs["replace"].state_dict()))
-
-
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
-def test_wrapper_prefixes_are_stripped_automatically(tmp_path: Path, prefix: str) -> None:
-    model = build_cnn()
-    wrapped = {prefix + k: v for k, v in model.state_dict().items()}
-    diag = diagnose(build_cnn(), wrapped)
-    assert diag.ok and "".join(diag.stripped_prefixes) == prefix
-    assert "stripped automatically" in str(diag)
-    path = tmp_path / "ddp.pt"
-    torch.save(wrapped, path)
-    assert same_weights(model, load(path, model=build_cnn()))
-
-
-def test_diagnose_wrong_architecture_and_activation(vggs: dict[str, nn.Module]) -> None:
-    diag = diagnose(vggs["replace"], build_cnn().state_dict())
-    assert "wrong architecture" in str(diag) and "build_cnn()" in str(diag)
-    assert "wrong architecture" in str(diagnose(build_cnn(), vggs["replace"].state_dict()))
-    assert "activation=" in str(diagnose(build_cnn(), build_cnn(activation="relu").state_dict()))
-    assert "num_classes=3" in str(diagnose(build_cnn(), build_cnn(3).state_dict()))
-    assert diagnose(build_cnn(), build_cnn().state_dict()).ok
-
-
-def test_strict_raises_with_the_diagnosis_and_non_strict_loads_what_matches(tmp_path: Path) -> None:
-    source = build_cnn(3)
-    path = tmp_path / "three.pt"
-    torch.save(source.state_dict(), path)
-    with pytest.raises(
-        StateDictMismatchError, match=r"(?s)size mismatch for sequential.8.weight.*num_classes=3"
-    ) as info:
-        load(path, model=build_cnn())
-    assert isinstance(info.value, RuntimeError)
-    target = build_cnn()
-    with pytest.warns(UserWarning, match="partially"):
-        load(path, model=target, strict=False)
-    assert torch.equal(target.sequential[0].weight, source.sequential[0].weight)
-    assert target.sequential[8].weight.shape == (10, 64)
-    assert diagnose(build_cnn(), path).mismatched  # a path works as well as a dict
-
-
 # --------------------------------------------------------------------------- integrity & bad files
 
 
@@ -306,15 +224,19 @@ def test_truncated_directory_and_missing(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def good_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def good_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    return save(build_cnn(), tmp_path_factory.mktemp("fuzz") / "m.pt").read_bytes()
+    model = build_cnn()
+    return save(model, tmp_path_factory.mktemp("fuzz") / "m.pt").read_bytes(), model.state_dict()
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_files_raise_only_cifarkit_errors(tmp_path: Path, good_bytes: bytes, data: st.DataObject) -> None:
+def test_fuzzed_files_raise_cifarkit_errors_or_load_the_exact_weights(
+    tmp_path: Path, good_file: tuple[bytes, dict[str, torch.Tensor]], data: st.DataObject
+) -> None:
+    good_bytes, weights = good_file
     blob = bytearray(good_bytes)
     if data.draw(st.booleans(), label="truncate"):
         blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
@@ -323,75 +245,28 @@ def test_fuzzed_files_raise_only_cifarkit_errors(tmp_path: Path, good_bytes: byt
             blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
     path = tmp_path / "fuzz.pt"
     path.write_bytes(bytes(blob))
-    with contextlib.suppress(CifarkitError):
-        load(path)
+    try:
+        loaded = load(path)
+    except CifarkitError:
+        return
+    # A damaged file that still loads must give back exactly the saved weights (the flip hit
+    # bytes that carry no tensor data), never garbage.
+    state = loaded.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-_KILL_SCRIPT = textwrap.dedent(
-    """
-    import json, os, random, signal, sys, time, torch
-    torch.set_num_threads(1)  # no thread pool exists when we fork
-    from pathlib import Path
-    from cifarkit import build_cnn, load, save
-
-    path = Path(sys.argv[1])
-    torch.manual_seed(0)
-    models = [build_cnn(), build_cnn()]
-    marks = [float(m.sequential[0].weight.sum()) for m in models]
-    save(models[0], path)
-    rng = random.Random(1)
-    results = []
-    for round_ in range(25):
-        pid = os.fork()
-        if pid == 0:  # child: save the two models alternately, forever
-            i = 0
-            while True:
-                save(models[i % 2], path)
-                i += 1
-        time.sleep(rng.uniform(0.01, 0.25))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        mark = float(load(path).sequential[0].weight.sum())
-        results.append(marks.index(mark))
-    leftovers = len(list(path.parent.glob(".m.pt.*.tmp")))
-    save(models[1], path)
-    after = len(list(path.parent.glob(".m.pt.*.tmp")))
-    print(json.dumps({"results": results, "leftovers": leftovers, "after": after}))
-    """
-)
-
-
-def test_sigkill_during_save_never_leaves_half_a_model(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "m.pt")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(figures["results"]) == 25  # each kill left a file that loads as model A or B
-    assert figures["after"] == 0  # temporaries of killed writers are cleaned by the next save
-
-
-def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
-    from cifarkit.persist import atomic_write
-
-    path = atomic_write(tmp_path / "f.bin", lambda f: f.write(b"old"))
-
-    def boom(handle: Any) -> None:
-        handle.write(b"half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, boom)
-    assert path.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+def test_save_refuses_non_finite_weights_unless_allowed(tmp_path: Path) -> None:
+    model = build_cnn()
+    path = save(model, tmp_path / "m.pt")
+    before = path.read_bytes()
+    with torch.no_grad():
+        model.sequential[8].bias[3] = float("inf")
+    for method in ("state_dict", "full", "safetensors"):
+        with pytest.raises(NonFiniteWeightsError, match=r"sequential\.8\.bias.*allow_nonfinite=True"):
+            save(model, path, method=method)  # type: ignore[arg-type]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    save(model, path, allow_nonfinite=True)
+    assert torch.isinf(load(path).sequential[8].bias[3])
 
 
 @pytest.mark.cuda
@@ -420,57 +295,3 @@ def test_inspect_both_methods_and_their_sizes(tmp_path: Path) -> None:
     assert method1.method == "full" and "cifarkit.models.CifarCNN" in method1.references
     assert method1.size_bytes > plain.size_bytes  # method 1 is larger, as the tutorial noted
     assert "145,578" in str(method2) and "build_cnn" in str(method2)
-
-
-# --------------------------------------------------------------------------- checkpoints & resume
-
-
-def _run(epochs: int, checkpoint: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> Any:
-    data = synthetic_cifar10(192, seed=0).loader(batch_size=64, seed=3, augment=True)
-    return train_loop(
-        model, data, epochs=epochs, optimizer=optimizer, checkpoint=checkpoint, device="cpu", progress=False
-    )
-
-
-def test_resume_is_bit_exact(tmp_path: Path) -> None:
-    def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
-        torch.manual_seed(7)
-        model = build_cnn(activation="relu", dropout=0.3)
-        return model, torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
-
-    straight, opt_straight = fresh()
-    history = _run(4, None, straight, opt_straight)
-
-    checkpoint = tmp_path / "ck.pt"
-    first, opt_first = fresh()
-    _run(2, checkpoint, first, opt_first)
-    torch.manual_seed(999)  # a new process: different global RNG, restored from the checkpoint
-    resumed, opt_resumed = fresh()
-    resumed_history = _run(4, checkpoint, resumed, opt_resumed)
-
-    assert same_weights(straight, resumed)
-    momentum = [opt_straight.state[p]["momentum_buffer"] for p in straight.parameters()]
-    assert all(torch.equal(a, opt_resumed.state[q]["momentum_buffer"]) for a, q in zip(momentum, resumed.parameters()))
-    assert resumed_history.column("loss_sum") == history.column("loss_sum")
-    assert load_checkpoint(checkpoint, model=build_cnn(activation="relu", dropout=0.3)).epoch == 4
-
-
-def test_checkpoint_contents_and_errors(tmp_path: Path) -> None:
-    model = build_cnn()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    path = save_checkpoint(
-        tmp_path / "ck.pt", model=model, optimizer=optimizer, epoch=3, extra={"note": "hi", "step": 7}
-    )
-    raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "cifarkit.checkpoint" and raw["epoch"] == 3
-    restored = load_checkpoint(path, model=build_cnn(), optimizer=torch.optim.SGD(build_cnn().parameters(), lr=0.5))
-    assert restored.extra == {"note": "hi", "step": 7} and restored.history is None
-    assert inspect(path).method == "checkpoint" and inspect(path).epoch == 3
-    assert same_weights(model, load(path))  # a checkpoint is also a model file
-    with pytest.raises(NotACheckpointError, match="not a training checkpoint"):
-        load_checkpoint(save(model, tmp_path / "m.pt"), model=build_cnn())
-    with torch.no_grad():
-        model.sequential[0].weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="previous file is kept"):
-        save_checkpoint(path, model=model, optimizer=optimizer, epoch=4)
-    assert torch.load(path, weights_only=True)["epoch"] == 3

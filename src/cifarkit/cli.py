@@ -40,8 +40,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _data(spec: str, *, train: bool, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``size`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split."""
     if spec == "synthetic":
-        data = synthetic_cifar10(size if train else max(1, size // 5), seed=seed if train else seed + 1)
+        data = synthetic_cifar10(size, seed=seed if train else seed + 1)
     else:
         data = load_cifar10(spec, train=train)
     return data.images, data.labels, data.classes
@@ -60,7 +61,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     images, labels, classes = _data(args.data, train=True, size=args.train_size, seed=args.seed)
-    eval_images, eval_labels, _ = _data(args.data, train=False, size=args.train_size, seed=args.seed)
+    eval_size = max(1, args.train_size // 5)  # held-out: a fifth of the training size
+    eval_images, eval_labels, _ = _data(args.data, train=False, size=eval_size, seed=args.seed)
     train_data = TensorLoader(
         images, labels, batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment
     )

@@ -96,6 +96,7 @@ class Meter:
              float(self.steps), float(self.grad_norm_sum)],
         )  # fmt: skip
         seconds = all_max(ctx, time.perf_counter() - self.started)
+        first_step = None if self.first_step_seconds is None else all_max(ctx, self.first_step_seconds)
         return Totals(
             loss_sum=sums[0] / ctx.world_size,
             weighted_loss=sums[1],
@@ -104,5 +105,5 @@ class Meter:
             steps=int(sums[4]),
             grad_norm_sum=sums[5],
             seconds=seconds,
-            first_step_seconds=self.first_step_seconds,
+            first_step_seconds=first_step,
         )

@@ -9,6 +9,7 @@ a :class:`~cifarkit.distributed.DistContext`).
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
 cifarkit.history, cifarkit.checkpoints, cifarkit.monitor, cifarkit.distributed, cifarkit.progress,
 cifarkit.meters, cifarkit.evaluation, and (re-exported for older imports) cifarkit.prediction.
+
 Names that lived here before 0.2 (``History``, ``EpochStats``, ``evaluate``, ``EvalResult``,
 ``predict``, ``Prediction``, ``resolve_device``, ``cpu_supports_bf16``, ``retain_cpu_memory``)
 remain importable from ``cifarkit.train``; their homes are the modules named in the API reference.

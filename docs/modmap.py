@@ -1,0 +1,145 @@
+"""The module map of cifarkit, read from the source: layers, what each module holds and imports.
+
+``LAYERS`` is the one statement of the architecture: modules listed bottom to top, and a module
+may import only modules of lower layers. ``tests/test_architecture.py`` checks the code against
+it, and the Sphinx build (``docs/conf.py``) renders :func:`markdown` into the page
+"How cifarkit is built". Run it to print that table::
+
+    python docs/modmap.py
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
+
+#: (layer name, modules), bottom to top.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("errors", ["errors"]),
+    ("leaf helpers", ["tables", "wrappers", "device", "losses", "progress"]),
+    ("files, diagnoses, gradients", ["files", "diagnosis", "grads"]),
+    ("the loader contract", ["loader"]),
+    ("data", ["data", "images"]),
+    ("models and build records", ["models"]),
+    ("persistence", ["persist"]),
+    ("run records", ["history"]),
+    ("checkpoints and the run logger", ["checkpoints", "monitor"]),
+    ("distributed glue", ["distributed"]),
+    ("meters", ["meters"]),
+    ("evaluation and prediction", ["evaluation", "prediction"]),
+    ("the training loop", ["train"]),
+    ("the command", ["cli"]),
+    ("the face", ["__init__", "__main__"]),
+]
+
+
+@dataclass
+class Module:
+    """One ``src/cifarkit/*.py`` file as the parser sees it."""
+
+    name: str
+    layer: int
+    lines: int
+    summary: str
+    docstring: str
+    imports: set[str] = field(default_factory=set)  # cifarkit modules imported at top level
+    local_imports: list[str] = field(default_factory=list)  # "target (line N)" inside functions/classes
+    type_only: set[str] = field(default_factory=set)  # under ``if TYPE_CHECKING:``
+
+    @property
+    def may_import(self) -> set[str] | None:
+        """The modules its docstring's ``May import:`` line names (``None`` without such a line)."""
+        match = re.search(r"^May import:(.*?)(?:\n\s*\n|\Z)", self.docstring, re.S | re.M)
+        if match is None:
+            return None
+        return set(re.findall(r"cifarkit\.(\w+)", match.group(1)))
+
+
+def layer_of() -> dict[str, int]:
+    """Module name -> layer index (0 is the bottom)."""
+    return {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
+
+
+def _targets(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [
+            alias.name.split(".")[1] if "." in alias.name else "__init__"
+            for alias in node.names
+            if alias.name.split(".")[0] == "cifarkit"
+        ]
+    if node.level or not node.module or node.module.split(".")[0] != "cifarkit":
+        return []
+    if node.module == "cifarkit":  # ``from cifarkit import errors`` names submodules
+        submodules = {p.stem for p in PACKAGE.glob("*.py")}
+        return [a.name if a.name in submodules else "__init__" for a in node.names]
+    return [node.module.split(".")[1]]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def parse(path: Path, layer: int) -> Module:
+    """Read one module's docstring and its imports of cifarkit modules."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    doc = ast.get_docstring(tree) or ""
+    module = Module(path.stem, layer, source.count("\n"), doc.split("\n\n")[0].replace("\n", " "), doc)
+
+    def visit(node: ast.AST, *, top: bool, type_only: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                for target in _targets(child):
+                    if type_only:
+                        module.type_only.add(target)
+                    elif top:
+                        module.imports.add(target)
+                    else:
+                        module.local_imports.append(f"{target} (line {child.lineno})")
+            elif isinstance(child, ast.If) and _is_type_checking(child):
+                visit(child, top=top, type_only=True)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                visit(child, top=False, type_only=type_only)
+            else:
+                visit(child, top=top, type_only=type_only)
+
+    visit(tree, top=True, type_only=False)
+    return module
+
+
+def modules() -> list[Module]:
+    """Every module of the package, bottom layer first (unlisted modules get layer -1)."""
+    layers = layer_of()
+    found = [parse(p, layers.get(p.stem, -1)) for p in sorted(PACKAGE.glob("*.py"))]
+    return sorted(found, key=lambda m: (m.layer, m.name))
+
+
+def _plain(text: str) -> str:
+    """reST inline markup (``code``, :func:`name`) as Markdown code spans."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def markdown() -> str:
+    """The module map as a MyST table, one row per module, bottom layer first."""
+    rows = [
+        "| layer | module | what it holds | imports from cifarkit | lines |",
+        "|---|---|---|---|---|",
+    ]
+    for m in modules():
+        layer = LAYERS[m.layer][0] if m.layer >= 0 else "(unlisted)"
+        imports = ", ".join(f"`{name}`" for name in sorted(m.imports)) or "—"
+        summary = _plain(m.summary).replace("|", "\\|")
+        rows.append(f"| {m.layer} {layer} | `cifarkit.{m.name}` | {summary} | {imports} | {m.lines} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())

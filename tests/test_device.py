@@ -1,0 +1,83 @@
+"""Device choice, memory format, batch moves, and the opt-in allocator setting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cifarkit import build_cnn
+from cifarkit.device import autocast, memory_format_for, move_batch, place_model, resolve_device
+from cifarkit.errors import InvalidOptionError
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(InvalidOptionError, match="not a device"):
+        resolve_device("gpu0")
+
+
+def test_memory_format_follows_the_model_and_placing_is_idempotent() -> None:
+    assert memory_format_for(build_cnn()) == torch.channels_last
+    assert memory_format_for(nn.Linear(3, 3)) == torch.contiguous_format
+    assert memory_format_for(build_cnn(), channels_last=False) == torch.contiguous_format
+    model = build_cnn()
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    assert place_model(model, torch.device("cpu")) == torch.channels_last
+    assert place_model(model, torch.device("cpu")) == torch.channels_last
+    assert all(a is b for a, b in zip(params, model.parameters()))  # the optimizer still holds them
+    assert optimizer.param_groups[0]["params"][0] is model.sequential[0].weight
+    assert model.sequential[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_move_batch_copies_only_what_must_move() -> None:
+    x = torch.rand(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(2, dtype=torch.long)
+    moved_x, moved_y = move_batch(x, y, torch.device("cpu"), torch.channels_last)
+    assert moved_x is x and moved_y is y
+    converted, _ = move_batch(x.contiguous(), y, torch.device("cpu"), torch.channels_last)
+    assert converted.is_contiguous(memory_format=torch.channels_last) and torch.equal(converted, x)
+
+
+def test_autocast_is_bf16_only_when_asked() -> None:
+    cpu = torch.device("cpu")
+    with autocast(cpu, True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, False):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+_ALLOCATOR_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    import cifarkit, cifarkit.device as device
+    from cifarkit.cli import main
+    data = cifarkit.synthetic_cifar10(64).loader(seed=0)
+    seen = {}
+    cifarkit.train_loop(cifarkit.build_cnn(), data, device="cpu", progress=False)
+    seen["library_default"] = device._ALLOCATOR_TUNED
+    if sys.argv[1] == "library":
+        cifarkit.train_loop(cifarkit.build_cnn(), data, device="cpu", progress=False, retain_memory=True)
+    else:
+        main(["train", "--epochs", "1", "--train-size", "64", "--quiet", "--out", sys.argv[2]])
+    seen["after"] = device._ALLOCATOR_TUNED
+    print(json.dumps(seen))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("who", ["library", "cli"])
+def test_memory_retention_is_opt_in_for_the_library_and_on_for_the_command(who: str, tmp_path: Path) -> None:
+    args = [sys.executable, "-c", _ALLOCATOR_SCRIPT, who, str(tmp_path / "m.pt")]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"library_default": False, "after": True}

@@ -1,0 +1,59 @@
+"""History and EpochStats: round trips, columns, the run folder, and curves drawn without pyplot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cifarkit import EpochStats, History
+from cifarkit.errors import HistoryNotFoundError, InvalidOptionError
+
+
+def two_epochs() -> History:
+    return History([EpochStats(1, 10.0, 1.5, 0.3, 10, 1.0, 10.0, eval_loss=1.6, eval_accuracy=0.25),
+                    EpochStats(2, 8.0, 1.2, 0.5, 10, 1.0, 10.0, eval_loss=1.3, eval_accuracy=0.45)])  # fmt: skip
+
+
+def test_history_plot_writes_a_png(tmp_path: Path) -> None:
+    out = two_epochs().plot(tmp_path / "sub" / "curves.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+
+
+def test_plot_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, matplotlib
+        matplotlib.use("pdf")  # the caller's choice
+        from cifarkit import History
+        History.from_json({str(tmp_path / "h.json")!r}).plot({str(tmp_path / "c.png")!r})
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+        """
+    )
+    (tmp_path / "h.json").write_text(json.dumps(two_epochs().to_dict()))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["pdf", "False"]
+
+
+def test_json_round_trip_columns_and_the_run_folder(tmp_path: Path) -> None:
+    history = two_epochs()
+    (tmp_path / "history.json").write_text(json.dumps(history.to_dict()))
+    assert History.from_json(tmp_path) == history == History.from_json(tmp_path / "history.json")
+    assert history.column("eval_accuracy") == [0.25, 0.45] and len(history) == 2
+    newer = history.to_dict()
+    newer["epochs"][0]["a_figure_from_a_later_version"] = 1.0
+    assert History.from_dict(newer) == history
+    with pytest.raises(InvalidOptionError, match=r"eval_acc.*choose one of"):
+        history.column("eval_acc")
+
+
+def test_missing_history_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(HistoryNotFoundError, match=r"no history at .*history\.json") as info:
+        History.from_json(tmp_path)
+    assert isinstance(info.value, FileNotFoundError)
