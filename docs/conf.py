@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import version as _version
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import modmap  # noqa: E402  (docs/modmap.py: the module map, read from the source)
 
 project = "cifarkit"
 author = "cifarkit developers"
@@ -21,3 +27,13 @@ autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 html_theme = "furo"
 html_title = f"cifarkit {release}"
+
+
+def _insert_module_map(app: Any, docname: str, source: list[str]) -> None:
+    """Replace the marker on the architecture page with the module map generated from the code."""
+    if "<!-- module-map -->" in source[0]:
+        source[0] = source[0].replace("<!-- module-map -->", modmap.markdown())
+
+
+def setup(app: Any) -> None:
+    app.connect("source-read", _insert_module_map)

@@ -94,3 +94,10 @@ def test_module_map_lists_every_module() -> None:
     for name in NAMES:
         assert f"`cifarkit.{name}`" in table
     assert "(unlisted)" not in table
+
+
+def test_api_reference_documents_every_module() -> None:
+    api = (ROOT / "docs" / "api.md").read_text()
+    for name in NAMES:
+        if name not in {"__init__", "__main__"}:
+            assert f".. automodule:: cifarkit.{name}\n" in api, name

@@ -25,3 +25,5 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     for name, variant in figures["variants"].items():
         assert variant["images_per_second"] > 0, name
     assert "| variant | img/s | ratio |" in result.stdout
+    best = figures["variants"]["cifarkit train_loop (defaults)"]["vs_best_same_precision"]
+    assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.95")
