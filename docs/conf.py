@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import modmap  # noqa: E402  (docs/modmap.py: the module map, read from the source)
+import modmap  # docs/modmap.py: the module map, read from the source
 
 project = "cifarkit"
 author = "cifarkit developers"

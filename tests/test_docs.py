@@ -14,7 +14,16 @@ FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 def test_the_guide_has_pages_with_examples() -> None:
     names = {p.stem for p in PAGES}
-    assert {"losses", "data", "training", "persistence", "performance", "distributed", "monitoring", "architecture"} <= names
+    assert {
+        "losses",
+        "data",
+        "training",
+        "persistence",
+        "performance",
+        "distributed",
+        "monitoring",
+        "architecture",
+    } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 
 
