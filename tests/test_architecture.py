@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -101,3 +103,29 @@ def test_api_reference_documents_every_module() -> None:
     for name in NAMES:
         if name not in {"__init__", "__main__"}:
             assert f".. automodule:: cifarkit.{name}\n" in api, name
+
+
+_IMPORT_SCRIPT = """
+import json, sys
+import torch
+before = set(sys.modules)
+if sys.argv[1] == "import":
+    import cifarkit
+else:
+    from cifarkit.cli import main
+    try:
+        main([sys.argv[1]])
+    except SystemExit:
+        pass
+print(json.dumps(sorted({name.split(".")[0] for name in set(sys.modules) - before})))
+"""
+#: Heavy packages that `import cifarkit` must not pull in: they load where they are used.
+_HEAVY = {"torchvision", "PIL", "tqdm", "matplotlib", "tensorboard", "safetensors", "IPython", "ipywidgets", "scipy"}
+
+
+@pytest.mark.parametrize("how", ["import", "--version", "--help"])
+def test_import_and_the_commands_help_pull_in_no_heavy_package(how: str) -> None:
+    out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT, how], capture_output=True, text=True, check=True)
+    added = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "cifarkit" in added
+    assert not added & _HEAVY, f"`{how}` imports {sorted(added & _HEAVY)} beyond torch"

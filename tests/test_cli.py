@@ -7,13 +7,14 @@ import io
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cifarkit import evaluate, load, predict, synthetic_cifar10
-from cifarkit.cli import main
+from cifarkit.cli import LESSON_HINT, main
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,21 @@ def test_train_prints_epochs_and_saves_the_model_it_reports_on(trained: tuple[Pa
     assert evaluate(model, held_out, device="cpu").accuracy * 100 == pytest.approx(printed, abs=0.05)
 
 
-def test_train_output_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_run_is_the_lesson_and_says_what_to_try_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["train", "--epochs", "2", "--train-size", "128", "--quiet", "--out", str(tmp_path / "m.pt")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("epoch 1/2  loss sum ") and "train acc" in lines[0] and "img/s" in lines[0]
     assert lines[1].startswith("epoch 2/2") and lines[2].startswith("saved ")
+    assert lines[3:] == LESSON_HINT.splitlines() and len(lines) == 5  # two lines: what it showed, what next
+    assert "cifarkit train --model cnn-relu --momentum 0.9" in lines[4]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"cifarkit {version('cifarkit')}"
 
 
 def test_evaluate_inspect_predict(

@@ -51,5 +51,12 @@ def test_empty_or_used_up_data_is_an_empty_data_error() -> None:
         evaluate(build_cnn(), batches, device="cpu")  # the generator is used up
 
 
-def test_eval_result_reads_as_a_tuple() -> None:
-    assert tuple(EvalResult(0.25, 0.5, 4)) == (0.25, 0.5, 4)
+def test_eval_result_reads_as_a_tuple_and_shows_as_a_table() -> None:
+    result = EvalResult(0.25, 0.5, 4000)
+    assert tuple(result) == (0.25, 0.5, 4000)
+    assert repr(result).splitlines() == [
+        "  loss  accuracy  images",
+        "------  --------  ------",
+        "0.2500    50.00%   4,000",
+    ]
+    assert '<td style="text-align:right">50.00%</td>' in result._repr_html_()

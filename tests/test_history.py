@@ -57,3 +57,27 @@ def test_missing_history_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(HistoryNotFoundError, match=r"no history at .*history\.json") as info:
         History.from_json(tmp_path)
     assert isinstance(info.value, FileNotFoundError)
+
+
+def test_tables_for_terminals_and_notebooks() -> None:
+    history = two_epochs()
+    text = repr(history).splitlines()
+    assert text[0] == "History: 2 epochs"
+    assert text[1].split() == ["epoch", "loss", "sum", "mean", "loss", "train", "acc", "eval", "loss", "eval", "acc",
+                               "img/s", "seconds"]  # fmt: skip
+    assert text[3].split() == ["1", "10.00", "1.5000", "30.0%", "1.6000", "25.0%", "10", "1.0"]
+    assert str(history) == repr(history) and len(text) == 5
+    html = history._repr_html_()
+    assert html.count("<tr>") == 3 and "<caption>History: 2 epochs</caption>" in html and "45.0%" in html
+    single = EpochStats(1, 10.0, 1.5, 0.3, 10, 1.0, 10.0)
+    assert repr(single).splitlines()[2].split()[4:6] == ["—", "—"]  # no eval figures
+    assert single._repr_html_().count("<tr>") == 2
+    assert single.summary(3) == "epoch 1/3  loss sum 10.00  mean loss 1.5000  train acc 30.0%  10 img/s"
+
+
+def test_plot_without_a_path_returns_a_figure_that_shows_itself() -> None:
+    figure = two_epochs().plot()
+    png = figure._repr_png_()  # type: ignore[union-attr]
+    assert png.startswith(b"\x89PNG")
+    ticks = figure.axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)  # whole-number epoch ticks

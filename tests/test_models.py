@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import VGG16_Weights
 
 from cifarkit import adapt_vgg16, build_cnn, summary
 from cifarkit.errors import (
@@ -21,7 +22,7 @@ from cifarkit.errors import (
     StateDictMismatchError,
     WeightsUnavailableError,
 )
-from cifarkit.models import CifarCNN, get_build_record, imagenet_cache_path, rebuild
+from cifarkit.models import _IMAGENET_URL, CifarCNN, get_build_record, imagenet_cache_path, rebuild
 
 VGG16_PARAMS = 138_357_544  # torchvision's documented count for vgg16
 
@@ -242,3 +243,14 @@ def test_summary_counts_and_table() -> None:
     assert [r.params for r in s.rows if r.params] == [2432, 25632, 51264, 65600, 650]
     text = str(s)
     assert "sequential.0" in text and "Conv2d" in text and "2,432" in text and "145,578" in text
+
+
+def test_summary_shows_as_text_and_html() -> None:
+    s = summary(build_cnn())
+    assert repr(s) == str(s) and str(s).endswith("size (fp32): 0.58 MB")
+    html = s._repr_html_()
+    assert html.count("<tr>") == len(s.rows) + 1 and "total params: 145,578" in html
+
+
+def test_the_written_out_imagenet_url_is_torchvisions() -> None:
+    assert VGG16_Weights.IMAGENET1K_V1.url == _IMAGENET_URL

@@ -5,7 +5,7 @@ the library's message (``--debug`` shows the traceback). The command owns its pr
 a library call it may change process-wide settings: it seeds torch and turns on
 :func:`~cifarkit.device.retain_cpu_memory`.
 
-May import: cifarkit.errors, cifarkit.device, cifarkit.loader, cifarkit.data, cifarkit.models,
+May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.loader, cifarkit.data, cifarkit.models,
 cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train.
 """
 
@@ -24,6 +24,7 @@ from cifarkit.data import load_cifar10, synthetic_cifar10
 from cifarkit.device import resolve_device
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluation import evaluate
+from cifarkit.files import versions
 from cifarkit.history import History
 from cifarkit.loader import TensorLoader
 from cifarkit.models import adapt_vgg16, build_cnn
@@ -70,28 +71,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = _build(args.model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=args.momentum)
 
-    def report(epoch: int, history: History) -> None:
-        if dist.is_initialized() and dist.get_rank() != 0:
-            return
-        e = history.epochs[-1]
-        print(
-            f"epoch {epoch + 1}/{args.epochs}  loss sum {e.loss_sum:.2f}  mean loss {e.loss_mean:.4f}  "
-            f"train acc {e.train_accuracy:.1%}  eval acc {e.eval_accuracy or 0:.1%}  "
-            f"{e.images_per_second:.0f} img/s",
-            flush=True,
-        )
-
     started = time.perf_counter()
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
-        amp=args.amp, progress=not args.quiet, on_epoch_end=report, checkpoint=args.checkpoint,
+        amp=args.amp, progress="lines" if args.quiet else True, checkpoint=args.checkpoint,
         log_dir=args.log_dir, retain_memory=True,
     )  # fmt: skip
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     out = save(model, args.out, classes=classes)
     print(f"saved {out} ({out.stat().st_size:,} bytes) after {time.perf_counter() - started:.1f} s")
+    if args.model == "cnn":
+        print(LESSON_HINT)
     return 0
+
+
+#: What the default run (the tutorial's network) just showed, and the one command that learns.
+#: The accuracy was measured with the command's defaults on the built-in data (see CHANGELOG).
+LESSON_HINT = (
+    "This was the tutorial's network: it has no activation function, so apart from max-pooling it is "
+    "one linear map and its held-out accuracy swings instead of climbing (the lesson's point).\n"
+    "A network that learns: cifarkit train --model cnn-relu --momentum 0.9 "
+    "(100% held-out accuracy on the built-in data after 5 epochs)"
+)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cifarkit`` command."""
     parser = _Parser(prog="cifarkit", description="Train, evaluate and inspect CIFAR-10 classifiers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"cifarkit {versions()['cifarkit']}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model and save it")
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", action="store_true", help="bf16 autocast")
     train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
     train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bar: epoch lines only")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")

@@ -1,7 +1,7 @@
 """How good is a model: mean loss and accuracy over held-out data.
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
-cifarkit.distributed, cifarkit.meters.
+cifarkit.distributed, cifarkit.meters, cifarkit.tables.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from cifarkit.errors import EmptyDataError
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.meters import Meter
+from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["EvalResult", "LossFn", "evaluate"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_HEADERS = ("loss", "accuracy", "images")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,16 @@ class EvalResult:
 
     def __iter__(self) -> Iterator[float | int]:
         return iter((self.loss, self.accuracy, self.count))
+
+    def _cells(self) -> tuple[str, str, str]:
+        return f"{self.loss:.4f}", f"{self.accuracy:.2%}", f"{self.count:,}"
+
+    def __repr__(self) -> str:
+        """A one-row table: ``loss``, ``accuracy``, ``images``."""
+        return format_table([self._cells()], headers=_HEADERS, right=(0, 1, 2))
+
+    def _repr_html_(self) -> str:
+        return html_table([self._cells()], headers=_HEADERS, right=(0, 1, 2))
 
 
 def evaluate(

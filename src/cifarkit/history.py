@@ -3,20 +3,32 @@
 Plain dataclasses that round-trip through JSON (``history.json``) and through
 ``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
 
-May import: cifarkit.errors.
+May import: cifarkit.errors, cifarkit.tables.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from cifarkit.errors import HistoryNotFoundError, MissingExtraError, check_choice
+from cifarkit.tables import format_table, html_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["EpochStats", "History"]
+
+_HEADERS = ("epoch", "loss sum", "mean loss", "train acc", "eval loss", "eval acc", "img/s", "seconds")
+_RIGHT = range(len(_HEADERS))
+
+
+def _opt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 @dataclass
@@ -52,6 +64,43 @@ class EpochStats:
     eval_accuracy: float | None = None
     first_step_seconds: float | None = None
 
+    def summary(self, epochs: int | None = None) -> str:
+        """The epoch as one line, as the ``cifarkit`` command and ``train_loop`` print it.
+
+        Example:
+            >>> EpochStats(3, 12.5, 0.2, 0.931, 640, 2.0, 320.0, eval_accuracy=0.9).summary(5)
+            'epoch 3/5  loss sum 12.50  mean loss 0.2000  train acc 93.1%  eval acc 90.0%  320 img/s'
+        """
+        parts = [
+            f"epoch {self.epoch}/{epochs}" if epochs else f"epoch {self.epoch}",
+            f"loss sum {self.loss_sum:.2f}",
+            f"mean loss {self.loss_mean:.4f}",
+            f"train acc {self.train_accuracy:.1%}",
+        ]
+        if self.eval_accuracy is not None:
+            parts.append(f"eval acc {self.eval_accuracy:.1%}")
+        parts.append(f"{self.images_per_second:.0f} img/s")
+        return "  ".join(parts)
+
+    def row(self) -> tuple[str, ...]:
+        """The cells of this epoch in :class:`History`'s table."""
+        return (
+            str(self.epoch),
+            f"{self.loss_sum:.2f}",
+            f"{self.loss_mean:.4f}",
+            f"{self.train_accuracy:.1%}",
+            _opt(self.eval_loss, ".4f"),
+            _opt(self.eval_accuracy, ".1%"),
+            f"{self.images_per_second:.0f}",
+            f"{self.seconds:.1f}",
+        )
+
+    def __repr__(self) -> str:
+        return format_table([self.row()], headers=_HEADERS, right=_RIGHT)
+
+    def _repr_html_(self) -> str:
+        return html_table([self.row()], headers=_HEADERS, right=_RIGHT)
+
 
 _FIELDS = frozenset(f.name for f in fields(EpochStats))
 
@@ -73,6 +122,20 @@ class History:
 
     def __len__(self) -> int:
         return len(self.epochs)
+
+    def _title(self) -> str:
+        extra = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds is not None else ""
+        return f"History: {len(self.epochs)} epoch{'s' if len(self.epochs) != 1 else ''}{extra}"
+
+    def __repr__(self) -> str:
+        """A compact table, one row per epoch (what a terminal or a notebook's text view shows)."""
+        if not self.epochs:
+            return self._title()
+        return self._title() + "\n" + format_table([e.row() for e in self.epochs], headers=_HEADERS, right=_RIGHT)
+
+    def _repr_html_(self) -> str:
+        """The same table as HTML, for Jupyter."""
+        return html_table([e.row() for e in self.epochs], headers=_HEADERS, right=_RIGHT, caption=self._title())
 
     def column(self, name: str) -> list[Any]:
         """One figure over all epochs, e.g. ``history.column("eval_accuracy")``."""
@@ -106,19 +169,37 @@ class History:
             raise HistoryNotFoundError(msg)
         return cls.from_dict(json.loads(source.read_text()))
 
-    def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Write a PNG of the loss and accuracy curves, train and eval on the same axes.
+    @overload
+    def plot(self, path: None = None) -> Figure: ...
 
-        Draws on its own ``matplotlib.figure.Figure``: pyplot and matplotlib's backend are left
-        as they are. Needs matplotlib (``pip install 'cifarkit[plot]'``). 1000x400 pixels.
+    @overload
+    def plot(self, path: str | os.PathLike[str]) -> Path: ...
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Path | Figure:
+        """Loss and accuracy curves, train and eval on the same axes, whole-number epoch ticks.
+
+        With ``path``: writes a 1000x400 PNG there and returns the path. Without: returns the
+        ``matplotlib.figure.Figure``, which a notebook displays inline as the cell's result.
+        Draws on its own figure: pyplot and matplotlib's backend are left as they are. Needs
+        matplotlib (``pip install 'cifarkit[plot]'``).
         """
         try:
             from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
         except ImportError as exc:
             msg = "History.plot needs matplotlib: pip install 'cifarkit[plot]'"
             raise MissingExtraError(msg) from exc
+
+        class Curves(Figure):
+            """A figure that shows itself as a PNG in Jupyter, with or without pyplot."""
+
+            def _repr_png_(self) -> bytes:
+                buffer = io.BytesIO()
+                self.savefig(buffer, format="png")
+                return buffer.getvalue()
+
         epochs = self.column("epoch")
-        fig = Figure(figsize=(10, 4), dpi=100)
+        fig = Curves(figsize=(10, 4), dpi=100)
         ax_loss, ax_acc = fig.subplots(1, 2)
         ax_loss.plot(epochs, self.column("loss_mean"), marker="o", label="train")
         ax_acc.plot(epochs, self.column("train_accuracy"), marker="o", label="train")
@@ -128,8 +209,11 @@ class History:
         ax_loss.set(title="loss (mean per image)", xlabel="epoch")
         ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
         for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
+        if path is None:
+            return fig
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, format="png")

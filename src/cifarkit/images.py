@@ -1,6 +1,6 @@
 """Pictures in: image files, PIL images and tensors turned into float batches for a model.
 
-Pillow and torchvision's converters are imported here, where pictures are read.
+Pillow is imported only when a picture (not a tensor) is read, so ``import cifarkit`` stays fast.
 
 May import: cifarkit.errors.
 """
@@ -11,9 +11,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.functional import pil_to_tensor
 
 from cifarkit.errors import ImageReadError, InvalidOptionError, ShapeError
 
@@ -35,6 +34,18 @@ def image_tensor(item: object) -> torch.Tensor:
         >>> image_tensor(torch.full((3, 2, 2), 255, dtype=torch.uint8)).max()
         tensor(1.)
     """
+    if not isinstance(item, torch.Tensor):
+        item = _read_picture(item)
+    if item.ndim not in (3, 4) or item.shape[-3] != 3:
+        msg = f"image tensors must be (3, H, W) or (N, 3, H, W), got {tuple(item.shape)}"
+        raise ShapeError(msg)
+    return item.float() / 255.0 if not item.is_floating_point() else item.float()
+
+
+def _read_picture(item: object) -> torch.Tensor:
+    """A file path or a PIL image as a uint8 ``(3, H, W)`` tensor (any mode converted to RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         try:
@@ -43,15 +54,10 @@ def image_tensor(item: object) -> torch.Tensor:
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             msg = f"cannot read image {path}: {exc}. Pass a PNG/JPEG/BMP file, a PIL image or a tensor"
             raise ImageReadError(msg) from exc
-    if isinstance(item, Image.Image):
-        item = pil_to_tensor(item.convert("RGB"))
-    if not isinstance(item, torch.Tensor):
+    if not isinstance(item, Image.Image):
         msg = f"expected image paths, PIL images or tensors, got {type(item).__name__}"
         raise InvalidOptionError(msg)
-    if item.ndim not in (3, 4) or item.shape[-3] != 3:
-        msg = f"image tensors must be (3, H, W) or (N, 3, H, W), got {tuple(item.shape)}"
-        raise ShapeError(msg)
-    return item.float() / 255.0 if not item.is_floating_point() else item.float()
+    return torch.from_numpy(np.array(item.convert("RGB"))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
 def image_batch(items: Sequence[object], *, size: int) -> torch.Tensor:

@@ -13,12 +13,10 @@ import os
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict, cast, get_args
+from typing import TYPE_CHECKING, Literal, TypedDict, cast, get_args
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import VGG, VGG16_Weights
 
 from cifarkit.diagnosis import apply_state_dict
 from cifarkit.errors import (
@@ -30,8 +28,11 @@ from cifarkit.errors import (
     check_choice,
 )
 from cifarkit.files import read_state_dict
-from cifarkit.tables import format_table
+from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
+
+if TYPE_CHECKING:
+    from torchvision.models import VGG
 
 __all__ = [
     "BuildRecord",
@@ -53,6 +54,9 @@ JSONScalar = str | int | float | bool | None
 #: Attribute under which a model keeps its build record.
 RECORD_ATTR = "_cifarkit_build"
 _VGG_ARCHS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}  # conv count -> torchvision name
+#: torchvision's ``VGG16_Weights.IMAGENET1K_V1.url`` (a test keeps the two equal). Written out so
+#: that importing cifarkit does not import torchvision (1.3 s): it is imported where VGG is built.
+_IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 
 class BuildRecord(TypedDict):
@@ -158,12 +162,12 @@ def imagenet_cache_path() -> Path:
         >>> imagenet_cache_path().name
         'vgg16-397923af.pth'
     """
-    filename = str(VGG16_Weights.IMAGENET1K_V1.url).rsplit("/", 1)[-1]
+    filename = _IMAGENET_URL.rsplit("/", 1)[-1]
     return Path(str(torch.hub.get_dir())) / "checkpoints" / filename
 
 
 def _imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
-    url = VGG16_Weights.IMAGENET1K_V1.url
+    url = _IMAGENET_URL
     path = imagenet_cache_path()
     if not path.is_file():
         match = torch.hub.HASH_REGEX.search(path.name)
@@ -240,8 +244,10 @@ def adapt_vgg16(
     if isinstance(weights, str) and weights != "imagenet" and not weights.strip():
         msg = "weights='' is not valid; pass None, 'imagenet' or a path to a state_dict file"
         raise InvalidOptionError(msg)
+    from torchvision.models import VGG, vgg16  # lazily: importing cifarkit stays fast
+
     if model is None:
-        model = torchvision.models.vgg16(weights=None)
+        model = vgg16(weights=None)
     elif not isinstance(model, VGG):
         msg = f"adapt_vgg16 expects a torchvision VGG model, got {type(model).__name__}"
         raise InvalidOptionError(msg)
@@ -323,6 +329,8 @@ def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:
             if arch not in {v + s for v in _VGG_ARCHS.values() for s in ("", "_bn")}:
                 msg = f"unknown VGG architecture {arch!r} in build record"
                 raise ModelRecordError(msg)
+            import torchvision.models  # lazily, as in adapt_vgg16
+
             base = cast("VGG", getattr(torchvision.models, str(arch))(weights=None))
             adapted: nn.Module = adapt_vgg16(base, **options)
             return adapted
@@ -358,13 +366,25 @@ class ModelSummary:
         """Parameters with ``requires_grad=False``."""
         return self.total - self.trainable
 
-    def __str__(self) -> str:
-        body = [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
-        table = format_table(body, headers=("layer", "type", "params", "trainable", "detail"), right=(2, 3))
+    def _rows(self) -> list[tuple[str, ...]]:
+        return [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
+
+    def _totals(self) -> str:
         return (
-            f"{table}\ntotal params: {self.total:,}  trainable: {self.trainable:,}  "
+            f"total params: {self.total:,}  trainable: {self.trainable:,}  "
             f"frozen: {self.frozen:,}  size (fp32): {self.size_mb:.2f} MB"
         )
+
+    def __str__(self) -> str:
+        return f"{format_table(self._rows(), headers=_SUMMARY_HEADERS, right=(2, 3))}\n{self._totals()}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return html_table(self._rows(), headers=_SUMMARY_HEADERS, right=(2, 3), caption=self._totals())
+
+
+_SUMMARY_HEADERS = ("layer", "type", "params", "trainable", "detail")
 
 
 def summary(model: nn.Module) -> ModelSummary:

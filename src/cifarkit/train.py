@@ -39,7 +39,7 @@ from cifarkit.meters import Meter
 from cifarkit.monitor import RunLogger
 from cifarkit.prediction import Prediction as Prediction
 from cifarkit.prediction import predict as predict
-from cifarkit.progress import progress_bar
+from cifarkit.progress import Progress, ProgressReport
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["train_loop", "train_one_epoch"]
@@ -56,7 +56,7 @@ def train_one_epoch(
     max_grad_norm: float | None = None,
     epoch: int = 0,
     channels_last: bool | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     logger: RunLogger | None = None,
     dist: DistContext | None = None,
 ) -> EpochStats:
@@ -79,7 +79,8 @@ def train_one_epoch(
         max_grad_norm: Clip the global gradient norm to this value before each step.
         epoch: The epoch's index from 0 (for messages and the progress bar).
         channels_last: Memory format; default: channels-last for models with ``Conv2d``.
-        progress: Show a progress bar (on a terminal only).
+        progress: ``True`` shows a bar where someone watches (a terminal, or a widget in Jupyter);
+            ``"bar"`` also into a file; ``False`` (the default here) none.
         logger: A :class:`~cifarkit.monitor.RunLogger` that records the first batch.
         dist: Under ``torchrun``: the :class:`~cifarkit.distributed.DistContext` whose ranks' figures
             are summed (``data`` must already be this rank's shard; :func:`train_loop` does both).
@@ -106,7 +107,8 @@ def train_one_epoch(
     params = [p for p in model.parameters() if p.requires_grad]
     meter = Meter(dev)
     model.train()
-    for x, y in progress_bar(match_memory_format(data, dev, fmt), desc=f"epoch {epoch + 1}", enabled=progress):
+    batches = ProgressReport(progress).bar(match_memory_format(data, dev, fmt), desc=f"epoch {epoch + 1}")
+    for x, y in batches:
         x, y = move_batch(x, y, dev, fmt)  # images (B, 3, H, W) float, labels (B,) int64
         if logger is not None and meter.steps == 0:
             logger.log_first_batch(unwrap_model(model), x)
@@ -174,7 +176,7 @@ def train_loop(
     eval_data: Iterable[Batch] | None = None,
     max_grad_norm: float | None = None,
     amp: bool = False,
-    progress: bool = True,
+    progress: Progress = True,
     on_epoch_end: Callable[[int, History], bool | None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     compile: bool = False,
@@ -201,7 +203,11 @@ def train_loop(
         eval_data: Evaluated after every epoch (``eval_loss``, ``eval_accuracy``).
         max_grad_norm: Clip the global gradient norm to this value.
         amp: bf16 autocast (CUDA, and CPUs with native bf16; elsewhere it works but is slow).
-        progress: A tqdm bar per epoch (only on a terminal).
+        progress: ``True`` (or ``"auto"``): a live bar per epoch where someone watches (a
+            terminal; a widget in Jupyter) and, whatever the medium, one summary line per epoch
+            on stdout that stays (``epoch 3/5  loss sum ...  train acc ...  eval acc ...  img/s``;
+            into a file or pipe, only the lines). ``"lines"``: the lines alone. ``"bar"``: the
+            bar even into a file. ``False``: nothing. Only rank 0 shows anything under DDP.
         on_epoch_end: ``f(epoch, history)`` after each epoch; returning ``True`` stops training.
         checkpoint: A file saved atomically after every epoch and resumed from if it exists.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
@@ -239,6 +245,7 @@ def train_loop(
     if retain_memory and dev.type == "cpu":
         retain_cpu_memory()
     ctx = context(distributed, dev)
+    report = ProgressReport(progress, enabled=ctx.is_main)
     logger = RunLogger(log_dir, enabled=ctx.is_main) if log_dir is not None else None  # fails before training
     inner = unwrap_model(model)
     fmt = place_model(inner, ctx.device, channels_last)
@@ -260,7 +267,7 @@ def train_loop(
             stats = train_one_epoch(
                 net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp,
                 max_grad_norm=max_grad_norm, epoch=epoch, channels_last=fmt == torch.channels_last,
-                progress=progress and ctx.is_main, logger=logger, dist=ctx,
+                progress=progress if ctx.is_main else False, logger=logger, dist=ctx,
             )  # fmt: skip
             if compile and history.compile_seconds is None:
                 history.compile_seconds = stats.first_step_seconds
@@ -269,6 +276,7 @@ def train_loop(
                                   channels_last=fmt == torch.channels_last, distributed=ctx.active)  # fmt: skip
                 stats.eval_loss, stats.eval_accuracy = result.loss, result.accuracy
             history.epochs.append(stats)
+            report.line(stats.summary(epochs))
             if checkpoint is not None and ctx.is_main:
                 save_checkpoint(checkpoint, model=inner, optimizer=optimizer, epoch=epoch + 1, history=history)
             if logger is not None:
