@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 #: (layer name, modules), bottom to top.
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
-    ("leaf helpers", ["tables", "wrappers", "device", "losses", "progress"]),
+    ("leaf helpers", ["tables", "wrappers", "device", "losses", "progress", "schedules"]),
     ("files, diagnoses, gradients", ["files", "diagnosis", "grads"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run records", ["history"]),
     ("checkpoints and the run logger", ["checkpoints", "monitor"]),
     ("distributed glue", ["distributed"]),
-    ("meters", ["meters"]),
+    ("training helpers", ["meters", "steps", "stopping"]),
     ("evaluation and prediction", ["evaluation", "prediction"]),
     ("the training loop", ["train"]),
     ("the command", ["cli"]),

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cifarkit import build_cnn, inspect, load, load_checkpoint, save, save_checkpoint, synthetic_cifar10, train_loop
-from cifarkit.errors import NonFiniteWeightsError, NotACheckpointError
+from cifarkit.checkpoints import random_states, set_random_states
+from cifarkit.errors import CorruptCheckpointError, NonFiniteWeightsError, NotACheckpointError
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -67,3 +74,76 @@ def test_checkpoint_contents_and_errors(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteWeightsError, match="previous file is kept"):
         save_checkpoint(path, model=model, optimizer=optimizer, epoch=4)
     assert torch.load(path, weights_only=True)["epoch"] == 3
+
+
+_RESUME_SCRIPT = """
+import json, random, sys
+import numpy as np
+import torch
+import cifarkit
+torch.set_num_threads(1)
+mode, out = sys.argv[1], sys.argv[2]
+torch.manual_seed(1234 if mode == "resume" else 7)  # a restarted script seeds differently
+random.seed(5); np.random.seed(5)
+model = cifarkit.build_cnn(activation="relu", dropout=0.3)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+train = cifarkit.synthetic_cifar10(192, seed=0).loader(batch_size=32, augment=True)  # no seed=: drawn at random
+schedule = cifarkit.one_cycle(optimizer, max_lr=0.05, epochs=4, steps_per_epoch=len(train))
+eval_data = cifarkit.synthetic_cifar10(64, seed=1).loader(shuffle=False)
+history = cifarkit.train_loop(model, train, epochs=2 if mode == "first" else 4, optimizer=optimizer,
+                              scheduler=schedule, eval_data=eval_data, monitor="eval_loss", patience=3,
+                              checkpoint=None if mode == "straight" else out + "/ck.pt",
+                              device="cpu", progress=False)
+torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out + f"/{mode}.pt")
+print(json.dumps({"history": history.to_dict(), "random": random.random(), "numpy": float(np.random.rand()),
+                  "torch": float(torch.rand(()))}))
+"""
+
+
+def _run_script(mode: str, out: Path) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, mode, str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_in_a_new_process_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    straight = _run_script("straight", tmp_path)
+    _run_script("first", tmp_path)
+    resumed = _run_script("resume", tmp_path)
+    a, b = (torch.load(tmp_path / f"{m}.pt", weights_only=True) for m in ("straight", "resume"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # best weights, restored
+    momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    assert all(torch.equal(m, s["momentum_buffer"]) for m, s in zip(momentum, b["optimizer"]["state"].values()))
+    strip = ("seconds", "images_per_second", "first_step_seconds")
+    for x, y in zip(straight["history"]["epochs"], resumed["history"]["epochs"], strict=True):
+        assert {k: v for k, v in x.items() if k not in strip} == {k: v for k, v in y.items() if k not in strip}
+    assert straight["history"]["best_epoch"] == resumed["history"]["best_epoch"]
+    for source in ("random", "numpy", "torch"):  # every random state continued where it was
+        assert straight[source] == resumed[source], source
+
+
+def test_checkpoints_of_format_1_resume_and_newer_ones_are_refused(tmp_path: Path) -> None:
+    model = build_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=optimizer, epoch=2)
+    raw = torch.load(path, weights_only=True)
+    version_1 = {k: raw[k] for k in ("format", "model", "optimizer", "epoch", "history", "extra")}
+    version_1 |= {"format_version": 1, "rng": {"torch": raw["rng"]["torch"]}}  # what cifarkit 0.1 wrote
+    torch.save(version_1, tmp_path / "v1.pt")
+    restored = load_checkpoint(
+        tmp_path / "v1.pt", model=build_cnn(), optimizer=torch.optim.SGD(build_cnn().parameters())
+    )
+    assert (restored.epoch, restored.format_version, restored.best, restored.loader) == (2, 1, None, None)
+    torch.save({**raw, "format_version": 99}, tmp_path / "v99.pt")
+    with pytest.raises(CorruptCheckpointError, match="format version 99; this cifarkit resumes versions 1 to 2"):
+        load_checkpoint(tmp_path / "v99.pt", model=build_cnn())
+
+
+def test_random_states_round_trip() -> None:
+    states = random_states()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    set_random_states(states)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first

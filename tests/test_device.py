@@ -50,9 +50,9 @@ def test_move_batch_copies_only_what_must_move() -> None:
 
 def test_autocast_is_bf16_only_when_asked() -> None:
     cpu = torch.device("cpu")
-    with autocast(cpu, True):
+    with autocast(cpu, torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with autocast(cpu, False):
+    with autocast(cpu, None):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifarkit import EvalResult, build_cnn, evaluate, synthetic_cifar10
-from cifarkit.errors import EmptyDataError
+from cifarkit.errors import EmptyDataError, InvalidOptionError
 
 
 def test_evaluate_matches_a_manual_count_and_restores_mode() -> None:
@@ -60,3 +63,45 @@ def test_eval_result_reads_as_a_tuple_and_shows_as_a_table() -> None:
         "0.2500    50.00%   4,000",
     ]
     assert '<td style="text-align:right">50.00%</td>' in result._repr_html_()
+
+
+def test_topk_per_class_and_confusion_match_a_hand_count() -> None:
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    data = synthetic_cifar10(300, seed=4)
+    result = evaluate(model, data.loader(batch_size=64, shuffle=False), device="cpu", topk=(1, 3, 5))
+    with torch.no_grad():
+        model.eval()
+        out = model(data.images.float() / 255)
+    pred, y = out.argmax(1), data.labels
+    confusion = torch.zeros(10, 10, dtype=torch.int64)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        confusion[t, p] += 1
+    assert torch.equal(result.confusion, confusion)  # type: ignore[arg-type]
+    for k in (1, 3, 5):
+        hits = (out.topk(k, 1).indices == y[:, None]).any(1).float().mean()
+        assert result.topk[k] == pytest.approx(float(hits))
+    assert result.topk[1] == result.accuracy
+    per_class = [float((pred[y == c] == c).float().mean()) for c in range(10)]
+    assert result.per_class_accuracy == pytest.approx(per_class)
+    loss, accuracy, count = result  # unpacking keeps working
+    assert (loss, accuracy, count) == (result.loss, result.accuracy, 300)
+    table = result.per_class_table(data.classes).splitlines()
+    assert table[0].split() == ["class", "accuracy", "images"] and len(table) == 12
+    assert "top-3" in repr(result) and "top-5" in repr(result)
+
+
+def test_topk_above_the_number_of_classes_is_named() -> None:
+    model = build_cnn(num_classes=3)
+    batches = [(torch.zeros(2, 3, 32, 32), torch.tensor([0, 2]))]
+    assert evaluate(model, batches, device="cpu").topk.keys() == {1}  # default (1,) below 5 classes
+    with pytest.raises(InvalidOptionError, match="top-5 accuracy, but the model has 3 classes"):
+        evaluate(model, batches, device="cpu", topk=(1, 5))
+
+
+def test_confusion_matrix_picture(tmp_path: Path) -> None:
+    result = evaluate(build_cnn(), synthetic_cifar10(50, seed=0).loader(shuffle=False), device="cpu")
+    out = result.plot_confusion(tmp_path / "confusion.png", classes=synthetic_cifar10(1).classes)
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    assert result.plot_confusion().axes  # type: ignore[union-attr]

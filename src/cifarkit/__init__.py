@@ -13,7 +13,8 @@ layers are listed in the guide's "How cifarkit is built" page and kept by a test
 
 May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.errors,
 cifarkit.evaluation, cifarkit.grads, cifarkit.history, cifarkit.loader, cifarkit.losses,
-cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.train (never cifarkit.cli).
+cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.schedules, cifarkit.train (never
+cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1
 from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
 from cifarkit.persist import FileInfo, diagnose, inspect, load, save
 from cifarkit.prediction import Prediction, predict
+from cifarkit.schedules import cosine, one_cycle
 from cifarkit.train import train_loop, train_one_epoch
 
 try:
@@ -60,6 +62,7 @@ __all__ = [
     "__version__",
     "adapt_vgg16",
     "build_cnn",
+    "cosine",
     "cross_entropy",
     "diagnose",
     "errors",
@@ -71,6 +74,7 @@ __all__ = [
     "load_checkpoint",
     "load_cifar10",
     "mse_loss",
+    "one_cycle",
     "predict",
     "save",
     "save_checkpoint",

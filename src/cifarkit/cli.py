@@ -6,7 +6,8 @@ a library call it may change process-wide settings: it seeds torch and turns on
 :func:`~cifarkit.device.retain_cpu_memory`.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.loader, cifarkit.data, cifarkit.models,
-cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train.
+cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train,
+cifarkit.losses, cifarkit.schedules.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import torch
 import torch.distributed as dist
 
 from cifarkit.data import load_cifar10, synthetic_cifar10
-from cifarkit.device import resolve_device
+from cifarkit.device import Amp, resolve_device
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluation import evaluate
 from cifarkit.files import versions
 from cifarkit.history import History
 from cifarkit.loader import TensorLoader
+from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
 from cifarkit.persist import inspect, load, save
 from cifarkit.prediction import predict
+from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
 
 __all__ = ["build_parser", "main"]
@@ -69,13 +72,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     eval_data = TensorLoader(eval_images, eval_labels, batch_size=256, shuffle=False, device=device)
     model = _build(args.model)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=args.momentum)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
     started = time.perf_counter()
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
-        amp=args.amp, progress="lines" if args.quiet else True, checkpoint=args.checkpoint,
-        log_dir=args.log_dir, retain_memory=True,
+        amp=_amp(args.amp), progress="lines" if args.quiet else True, checkpoint=args.checkpoint,
+        log_dir=args.log_dir, retain_memory=True, scheduler=_schedule(args, optimizer, len(train_data)),
+        loss_fn=CrossEntropyLoss(label_smoothing=args.label_smoothing),
     )  # fmt: skip
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
@@ -96,12 +101,30 @@ LESSON_HINT = (
 )
 
 
+def _schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps: int) -> Scheduler | None:
+    if args.schedule == "onecycle":
+        return one_cycle(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps)
+    if args.schedule == "cosine":
+        return cosine(optimizer, epochs=args.epochs, steps_per_epoch=steps, warmup_epochs=args.warmup_epochs)
+    return None
+
+
+def _amp(value: str | None) -> Amp:
+    return False if value is None else True if value == "auto" else value  # type: ignore[return-value]
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
-    images, labels, _ = _data(args.data, train=False, size=args.size, seed=0)
+    images, labels, data_classes = _data(args.data, train=False, size=args.size, seed=0)
+    classes = inspect(args.file).class_names or data_classes  # the file's names first
     device = resolve_device(args.device)
-    result = evaluate(model, TensorLoader(images, labels, batch_size=256, shuffle=False, device=device), device=device)
-    print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}  on {result.count} images")
+    loader = TensorLoader(images, labels, batch_size=256, shuffle=False, device=device)
+    result = evaluate(model, loader, device=device)
+    topk = "".join(f"  top-{k} {v:.2%}" for k, v in sorted(result.topk.items()) if k != 1)
+    print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}{topk}  on {result.count} images")
+    print(result.per_class_table(classes))
+    if args.confusion is not None:
+        print(f"wrote {result.plot_confusion(args.confusion, classes=classes)}")
     return 0
 
 
@@ -144,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-size", type=int, default=10_000, help="synthetic images to train on")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", action="store_true", help="random crop and flip")
-    train.add_argument("--amp", action="store_true", help="bf16 autocast")
+    train.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
+                       help="mixed precision: the device's best, or bf16/fp16 by name")  # fmt: skip
+    train.add_argument("--schedule", choices=["none", "onecycle", "cosine"], default="none",
+                       help="learning-rate schedule, stepped per batch (--lr is its peak)")  # fmt: skip
+    train.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up of --schedule cosine")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
     train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar: epoch lines only")
@@ -156,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    ev.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix as a PNG")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify image files")

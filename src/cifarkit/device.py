@@ -8,9 +8,11 @@ May import: cifarkit.errors.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,8 +20,11 @@ from torch import nn
 from cifarkit.errors import InvalidOptionError
 
 __all__ = [
+    "Amp",
+    "amp_dtype",
     "autocast",
     "cpu_supports_bf16",
+    "grad_scaler",
     "memory_format_for",
     "move_batch",
     "place_model",
@@ -62,15 +67,57 @@ def cpu_supports_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def autocast(device: torch.device, amp: bool) -> torch.autocast:
-    """bf16 autocast on ``device`` when ``amp`` is true; a disabled context otherwise.
+#: ``amp=``: ``False`` (fp32), ``True`` (the device's best), or a precision by name.
+Amp = bool | Literal["bf16", "fp16"]
+
+
+def amp_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that ``amp`` means on ``device`` (``None``: no autocast).
+
+    ``True`` picks bf16 where it is native (CUDA GPUs from Ampere on; CPUs, where it is at least
+    correct) and fp16 on CUDA GPUs without bf16 (T4, V100), which then needs a gradient scaler.
+
+    Raises:
+        InvalidOptionError: an unknown value (e.g. ``"fp8"``).
 
     Example:
-        >>> with autocast(torch.device("cpu"), True):
+        >>> amp_dtype("fp16", torch.device("cpu")), amp_dtype(False, torch.device("cpu"))
+        (torch.float16, None)
+    """
+    if amp is False:
+        return None
+    if amp is True:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        msg = f"amp={amp!r} is not valid; choose False, True, 'bf16' or 'fp16'"
+        raise InvalidOptionError(msg)
+    return dtypes[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | bool | None) -> contextlib.AbstractContextManager[object]:
+    """Autocast to ``dtype`` on ``device`` (``True``: bf16); no context at all for ``None``/``False``.
+
+    Example:
+        >>> with autocast(torch.device("cpu"), torch.bfloat16):
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.bfloat16
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    if dtype is None or dtype is False:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype is True else dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A ``torch.amp.GradScaler`` for fp16 (its small range needs loss scaling), else ``None``.
+
+    Example:
+        >>> grad_scaler(torch.device("cpu"), torch.float16).get_scale()
+        65536.0
+    """
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 def memory_format_for(model: nn.Module, channels_last: bool | None = None) -> torch.memory_format:

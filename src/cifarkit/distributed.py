@@ -40,6 +40,7 @@ __all__ = [
     "DistContext",
     "all_max",
     "all_sum",
+    "all_sum_tensor",
     "context",
     "default_timeout",
     "launched_by_torchrun",
@@ -235,6 +236,16 @@ def _all_reduce(ctx: DistContext, values: list[float], op: Any) -> list[float]:
 def all_sum(ctx: DistContext, values: list[float]) -> list[float]:
     """Sum a few numbers over all ranks (float64, one collective); identity when not active."""
     return _all_reduce(ctx, values, dist.ReduceOp.SUM) if ctx.active else values
+
+
+def all_sum_tensor(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over all ranks, returned on the CPU (one collective); a CPU copy when not active."""
+    if not ctx.active:
+        return tensor.cpu()
+    device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    summed = tensor.to(device).clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.cpu()
 
 
 def all_max(ctx: DistContext, value: float) -> float:

@@ -6,20 +6,27 @@ cifarkit.distributed, cifarkit.meters, cifarkit.tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from cifarkit.device import autocast, move_batch, place_model, resolve_device
+from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, resolve_device
 from cifarkit.distributed import context, shard_data
-from cifarkit.errors import EmptyDataError
+from cifarkit.errors import EmptyDataError, InvalidOptionError, MissingExtraError
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss
-from cifarkit.meters import Meter
+from cifarkit.meters import ClassMeter, Meter
 from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["EvalResult", "LossFn", "evaluate"]
 
@@ -29,7 +36,8 @@ _HEADERS = ("loss", "accuracy", "images")
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean loss per image, accuracy in [0, 1], and the number of images (unpacks as a tuple).
+    """Mean loss per image, accuracy in [0, 1], and the number of images (unpacks as that tuple),
+    plus top-k accuracies, per-class accuracies and the confusion matrix.
 
     Example:
         >>> loss, accuracy, count = EvalResult(0.5, 0.75, 8)
@@ -40,19 +48,95 @@ class EvalResult:
     loss: float
     accuracy: float
     count: int
+    #: k -> share of images whose true class is among the k highest logits.
+    topk: dict[int, float] = field(default_factory=dict)
+    #: One figure per class: the share of that class's images predicted right (nan if absent).
+    per_class_accuracy: list[float] = field(default_factory=list)
+    #: ``(C, C)`` int64 counts, rows = true class, columns = predicted class.
+    confusion: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __iter__(self) -> Iterator[float | int]:
         return iter((self.loss, self.accuracy, self.count))
 
-    def _cells(self) -> tuple[str, str, str]:
-        return f"{self.loss:.4f}", f"{self.accuracy:.2%}", f"{self.count:,}"
+    def _header_and_cells(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        extra = sorted(k for k in self.topk if k != 1)
+        headers = ("loss", "accuracy", *(f"top-{k}" for k in extra), "images")
+        cells = (f"{self.loss:.4f}", f"{self.accuracy:.2%}", *(f"{self.topk[k]:.2%}" for k in extra), f"{self.count:,}")
+        return headers, cells
 
     def __repr__(self) -> str:
-        """A one-row table: ``loss``, ``accuracy``, ``images``."""
-        return format_table([self._cells()], headers=_HEADERS, right=(0, 1, 2))
+        """A one-row table: ``loss``, ``accuracy``, top-k accuracies, ``images``."""
+        headers, cells = self._header_and_cells()
+        return format_table([cells], headers=headers, right=range(len(headers)))
 
     def _repr_html_(self) -> str:
-        return html_table([self._cells()], headers=_HEADERS, right=(0, 1, 2))
+        headers, cells = self._header_and_cells()
+        return html_table([cells], headers=headers, right=range(len(headers)))
+
+    def per_class_table(self, classes: Sequence[str] | None = None) -> str:
+        """Each class's accuracy and image count, worst first: where the model fails.
+
+        Example:
+            >>> confusion = torch.tensor([[3, 1], [0, 4]])
+            >>> print(EvalResult(0.1, 0.875, 8, {}, [0.75, 1.0], confusion).per_class_table(["cat", "dog"]))
+            class  accuracy  images
+            -----  --------  ------
+            cat      75.00%       4
+            dog     100.00%       4
+        """
+        counts = self.confusion.sum(1).tolist() if self.confusion is not None else [0] * len(self.per_class_accuracy)
+        names = list(classes) if classes is not None else [str(i) for i in range(len(self.per_class_accuracy))]
+        order = sorted(range(len(self.per_class_accuracy)), key=lambda c: _worst_first(self.per_class_accuracy[c]))
+        rows = [
+            (names[c] if c < len(names) else str(c), _percent(self.per_class_accuracy[c]), f"{counts[c]:,}")
+            for c in order
+        ]
+        return format_table(rows, headers=("class", "accuracy", "images"), right=(1, 2))
+
+    def plot_confusion(
+        self, path: str | os.PathLike[str] | None = None, *, classes: Sequence[str] | None = None
+    ) -> Path | Figure:
+        """Draw the confusion matrix (rows: true class, columns: predicted; counts in the cells).
+
+        With ``path``: writes a PNG and returns the path; without: returns the figure. Needs
+        matplotlib (``pip install 'cifarkit[plot]'``); pyplot is not used.
+        """
+        if self.confusion is None:
+            msg = "this EvalResult has no confusion matrix (it was not made by cifarkit.evaluate)"
+            raise InvalidOptionError(msg)
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            msg = "plot_confusion needs matplotlib: pip install 'cifarkit[plot]'"
+            raise MissingExtraError(msg) from exc
+        counts = self.confusion.numpy()
+        n = counts.shape[0]
+        names = list(classes) if classes is not None else [str(i) for i in range(n)]
+        fig = Figure(figsize=(1.5 + 0.55 * n, 1.2 + 0.5 * n), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(counts, cmap="Blues")
+        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true class")
+        ax.set_xticklabels(names[:n], rotation=45, ha="right")
+        ax.set_yticklabels(names[:n])
+        top = counts.max() if counts.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                        color="white" if counts[i, j] > top / 2 else "black", fontsize=8)  # fmt: skip
+        if path is None:
+            return fig
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        return out
+
+
+def _worst_first(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _percent(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2%}"
 
 
 def evaluate(
@@ -61,9 +145,10 @@ def evaluate(
     *,
     loss_fn: LossFn | None = None,
     device: str | torch.device = "auto",
-    amp: bool = False,
+    amp: Amp = False,
     channels_last: bool | None = None,
     distributed: bool | None = None,
+    topk: Sequence[int] | None = None,
 ) -> EvalResult:
     """Mean loss and accuracy of ``model`` over ``data``, in ``torch.inference_mode()``.
 
@@ -72,10 +157,16 @@ def evaluate(
     switched to the channels-last memory format (same results up to float rounding;
     ``channels_last=False`` keeps its layout). Accepts a :class:`~cifarkit.loader.TensorLoader`
     or any iterable of ``(x, y)`` batches. Under ``torchrun`` each rank evaluates its shard and
-    the figures are summed over ranks.
+    every figure (the confusion matrix included) is summed over ranks. The per-class figures are
+    counted on the device and read once, at the end.
+
+    Args:
+        topk: The k of the top-k accuracies in ``EvalResult.topk``; default ``(1, 5)``, or ``(1,)``
+            for models with fewer than 5 classes.
 
     Raises:
         EmptyDataError: ``data`` yields no batches.
+        InvalidOptionError: a ``topk`` value above the number of classes (found at the first batch).
 
     Example:
         >>> from cifarkit import build_cnn, synthetic_cifar10
@@ -92,18 +183,36 @@ def evaluate(
     batches = shard_data(match_memory_format(data, dev, fmt), ctx, pad=False)
     loss_fn = loss_fn or CrossEntropyLoss()
     meter = Meter(dev)
+    classes: ClassMeter | None = None  # sized at the first batch, from the logits
+    dtype = amp_dtype(amp, dev)
     was_training = inner.training
     inner.eval()
     try:
-        with torch.inference_mode(), autocast(dev, amp):
+        with torch.inference_mode(), autocast(dev, dtype):
             for x, y in batches:
                 x, y = move_batch(x, y, dev, fmt)
                 out = inner(x)
                 meter.add(loss_fn(out, y), out, y)
+                if classes is None:
+                    c = int(out.shape[1])
+                    classes = ClassMeter(c, topk=tuple(topk) if topk is not None else _default_topk(c), device=dev)
+                classes.add(out, y)
     finally:
         inner.train(was_training)
     totals = meter.totals(ctx)
-    if totals.images == 0:
+    if totals.images == 0 or classes is None:
         msg = "evaluate data yielded no batches (a one-shot iterator that was used up?)"
         raise EmptyDataError(msg)
-    return EvalResult(totals.loss_mean, totals.accuracy, totals.images)
+    counts = classes.totals(ctx)
+    return EvalResult(
+        totals.loss_mean,
+        totals.accuracy,
+        totals.images,
+        topk={k: hits / totals.images for k, hits in counts.topk_hits.items()},
+        per_class_accuracy=counts.per_class_accuracy,
+        confusion=counts.confusion,
+    )
+
+
+def _default_topk(num_classes: int) -> tuple[int, ...]:
+    return (1, 5) if num_classes >= 5 else (1,)

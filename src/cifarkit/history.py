@@ -27,6 +27,12 @@ _HEADERS = ("epoch", "loss sum", "mean loss", "train acc", "eval loss", "eval ac
 _RIGHT = range(len(_HEADERS))
 
 
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _opt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -43,7 +49,8 @@ class EpochStats:
         images: Training images seen (over all ranks under DDP).
         seconds: Wall time of the epoch (the slowest rank's under DDP).
         images_per_second: ``images / seconds``.
-        lr: Learning rate of each optimizer parameter group at the end of the epoch.
+        lr: Learning rate of each optimizer parameter group that the epoch trained with (with a
+            per-batch schedule: after the epoch's last step; a per-epoch one steps after this).
         grad_norm: Mean over the epoch's steps of the global gradient L2 norm (before clipping).
         eval_loss: Mean loss per image on ``eval_data``, if any.
         eval_accuracy: Accuracy on ``eval_data``, if any.
@@ -119,12 +126,18 @@ class History:
 
     epochs: list[EpochStats] = field(default_factory=list)
     compile_seconds: float | None = None
+    #: With ``train_loop(monitor=...)``: the epoch whose weights were best.
+    best_epoch: int | None = None
+    #: Why training ended: ``"completed"``, ``"early stopping: ..."`` or ``"on_epoch_end"``.
+    stop_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.epochs)
 
     def _title(self) -> str:
         extra = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds is not None else ""
+        extra += f", best epoch {self.best_epoch}" if self.best_epoch is not None else ""
+        extra += f" ({self.stop_reason})" if self.stop_reason not in (None, "completed") else ""
         return f"History: {len(self.epochs)} epoch{'s' if len(self.epochs) != 1 else ''}{extra}"
 
     def __repr__(self) -> str:
@@ -144,7 +157,12 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (and ``torch.load(weights_only=True)``-safe)."""
-        return {"epochs": [asdict(e) for e in self.epochs], "compile_seconds": self.compile_seconds}
+        return {
+            "epochs": [asdict(e) for e in self.epochs],
+            "compile_seconds": self.compile_seconds,
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
@@ -152,6 +170,8 @@ class History:
         return cls(
             epochs=[EpochStats(**{k: v for k, v in e.items() if k in _FIELDS}) for e in data.get("epochs", [])],
             compile_seconds=data.get("compile_seconds"),
+            best_epoch=data.get("best_epoch"),
+            stop_reason=data.get("stop_reason"),
         )
 
     @classmethod
@@ -190,16 +210,11 @@ class History:
             msg = "History.plot needs matplotlib: pip install 'cifarkit[plot]'"
             raise MissingExtraError(msg) from exc
 
-        class Curves(Figure):
-            """A figure that shows itself as a PNG in Jupyter, with or without pyplot."""
-
-            def _repr_png_(self) -> bytes:
-                buffer = io.BytesIO()
-                self.savefig(buffer, format="png")
-                return buffer.getvalue()
-
         epochs = self.column("epoch")
-        fig = Curves(figsize=(10, 4), dpi=100)
+        fig = Figure(figsize=(10, 4), dpi=100)
+        # Without pyplot nothing registers a display hook for figures: give this one its own, so
+        # Jupyter shows it as a PNG when it is a cell's result.
+        setattr(fig, "_repr_png_", lambda: _png(fig))  # noqa: B010
         ax_loss, ax_acc = fig.subplots(1, 2)
         ax_loss.plot(epochs, self.column("loss_mean"), marker="o", label="train")
         ax_acc.plot(epochs, self.column("train_accuracy"), marker="o", label="train")

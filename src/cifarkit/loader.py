@@ -232,6 +232,20 @@ class TensorLoader:
         """Select the order (and augmentation) of epoch ``epoch``."""
         self.epoch = int(epoch)
 
+    def state_dict(self) -> dict[str, int]:
+        """The seed and epoch: with them a resumed run draws the same batches (checkpoints keep it).
+
+        Example:
+            >>> loader = TensorLoader(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.zeros(4), seed=7)
+            >>> loader.state_dict()
+            {'seed': 7, 'epoch': 0}
+        """
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
     # -- iteration --------------------------------------------------------------------
 
     def _indices(self, g: torch.Generator) -> torch.Tensor:

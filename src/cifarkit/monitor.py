@@ -14,6 +14,8 @@ Scalar tags, one point per epoch (the step is the epoch number, from 1):
 ``speed/seconds``            epoch wall time
 ``optim/lr``                 learning rate (``optim/lr_group{i}`` for further param groups)
 ``grad/total_norm``          mean over the epoch's steps of the global gradient L2 norm
+``optim/lr_step``            learning rate of the first parameter group after every optimizer
+                             step (the step is the optimizer-step count): schedules show here
 =========================== ===============================================================
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.history.
@@ -58,6 +60,7 @@ class RunLogger:
         self.enabled = enabled
         self._writer: Any = SummaryWriter(str(self.log_dir)) if enabled else None
         self._first_batch_done = False
+        self._optimizer_steps = 0
 
     def log_first_batch(self, model: nn.Module, x: torch.Tensor) -> None:
         """Once per run: an image grid of the first training batch and the model graph."""
@@ -80,6 +83,12 @@ class RunLogger:
             warnings.warn(f"TensorBoard graph skipped: tracing the model failed ({exc})", stacklevel=2)
         finally:
             model.train(was_training)
+
+    def log_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """After an optimizer step: its learning rate (a Python float: no device sync)."""
+        self._optimizer_steps += 1
+        if self._writer is not None:
+            self._writer.add_scalar("optim/lr_step", float(optimizer.param_groups[0]["lr"]), self._optimizer_steps)
 
     def log_epoch(self, stats: EpochStats, history: History) -> None:
         """Write the epoch's scalars and rewrite ``history.json`` atomically."""

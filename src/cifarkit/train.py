@@ -8,7 +8,8 @@ a :class:`~cifarkit.distributed.DistContext`).
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
 cifarkit.history, cifarkit.checkpoints, cifarkit.monitor, cifarkit.distributed, cifarkit.progress,
-cifarkit.meters, cifarkit.evaluation, and (re-exported for older imports) cifarkit.prediction.
+cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.stopping, cifarkit.evaluation, and
+(re-exported for older imports) cifarkit.prediction.
 
 Names that lived here before 0.2 (``History``, ``EpochStats``, ``evaluate``, ``EvalResult``,
 ``predict``, ``Prediction``, ``resolve_device``, ``cpu_supports_bf16``, ``retain_cpu_memory``)
@@ -20,14 +21,25 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from cifarkit.checkpoints import load_checkpoint, save_checkpoint
-from cifarkit.device import autocast, cpu_supports_bf16, move_batch, place_model, resolve_device, retain_cpu_memory
+from cifarkit.device import (
+    Amp,
+    amp_dtype,
+    autocast,
+    cpu_supports_bf16,
+    grad_scaler,
+    move_batch,
+    place_model,
+    resolve_device,
+    retain_cpu_memory,
+)
 from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
 from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError
 from cifarkit.evaluation import EvalResult as EvalResult
@@ -40,6 +52,9 @@ from cifarkit.monitor import RunLogger
 from cifarkit.prediction import Prediction as Prediction
 from cifarkit.prediction import predict as predict
 from cifarkit.progress import Progress, ProgressReport
+from cifarkit.schedules import Interval, Scheduler, check_scheduler, interval_of
+from cifarkit.steps import OptimizerStep, check_accumulate
+from cifarkit.stopping import BestWeights, Mode
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["train_loop", "train_one_epoch"]
@@ -52,9 +67,12 @@ def train_one_epoch(
     *,
     loss_fn: LossFn | None = None,
     device: str | torch.device = "auto",
-    amp: bool = False,
+    amp: Amp = False,
     max_grad_norm: float | None = None,
     epoch: int = 0,
+    accumulate: int = 1,
+    scheduler: Scheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     channels_last: bool | None = None,
     progress: Progress = False,
     logger: RunLogger | None = None,
@@ -75,13 +93,20 @@ def train_one_epoch(
         optimizer: Built on ``model``'s parameters.
         loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; the model moves there once.
-        amp: bf16 autocast for the forward pass and the loss.
+        amp: ``True`` (the device's best), ``"bf16"`` or ``"fp16"`` autocast for forward and loss;
+            fp16 steps through a ``torch.amp.GradScaler``.
         max_grad_norm: Clip the global gradient norm to this value before each step.
         epoch: The epoch's index from 0 (for messages and the progress bar).
+        accumulate: Sum the gradients of this many batches (each loss divided by it) before one
+            optimizer step: the step of one batch ``accumulate`` times larger, in less memory.
+        scheduler: Stepped after every optimizer step (a per-batch schedule such as
+            :func:`~cifarkit.schedules.one_cycle`; :func:`train_loop` steps per-epoch ones itself).
+        scaler: The fp16 gradient scaler to use (and keep across epochs); default: a new one.
         channels_last: Memory format; default: channels-last for models with ``Conv2d``.
         progress: ``True`` shows a bar where someone watches (a terminal, or a widget in Jupyter);
             ``"bar"`` also into a file; ``False`` (the default here) none.
-        logger: A :class:`~cifarkit.monitor.RunLogger` that records the first batch.
+        logger: A :class:`~cifarkit.monitor.RunLogger`: the first batch and the learning rate of
+            every step go to TensorBoard.
         dist: Under ``torchrun``: the :class:`~cifarkit.distributed.DistContext` whose ranks' figures
             are summed (``data`` must already be this rank's shard; :func:`train_loop` does both).
 
@@ -103,8 +128,11 @@ def train_one_epoch(
     """
     dev = resolve_device(device)
     fmt = place_model(unwrap_model(model), dev, channels_last)
+    dtype = amp_dtype(amp, dev)
     loss_fn = loss_fn or CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
+    step = OptimizerStep(optimizer, params, accumulate=accumulate, max_grad_norm=max_grad_norm,
+                         scaler=scaler or grad_scaler(dev, dtype), scheduler=scheduler)  # fmt: skip
     meter = Meter(dev)
     model.train()
     batches = ProgressReport(progress).bar(match_memory_format(data, dev, fmt), desc=f"epoch {epoch + 1}")
@@ -112,15 +140,20 @@ def train_one_epoch(
         x, y = move_batch(x, y, dev, fmt)  # images (B, 3, H, W) float, labels (B,) int64
         if logger is not None and meter.steps == 0:
             logger.log_first_batch(unwrap_model(model), x)
-        optimizer.zero_grad(set_to_none=True)  # 1. forget the previous batch's gradients
-        with autocast(dev, amp):
+        if step.pending == 0:
+            optimizer.zero_grad(set_to_none=True)  # 1. forget the previous step's gradients
+        with autocast(dev, dtype):
             out = model(x)  # 2. forward: logits (B, C)
             loss = loss_fn(out, y)  # 3. loss: one number for the batch
         _check_finite(loss, epoch, meter.steps)  # before backward: a NaN never reaches the weights
-        loss.backward()  # 4. backward: every parameter's .grad
-        grad_norm = _clip_or_measure(params, max_grad_norm)
-        optimizer.step()  # 5. step: SGD does w -= lr * w.grad
-        meter.add(loss, out, y, grad_norm)  # detached, on the device: no graph kept, no sync
+        step.backward(loss)  # 4. backward: every parameter's .grad (÷ accumulate, fp16-scaled)
+        if step.ready:
+            meter.add_grad_norm(step.step())  # 5. step: SGD does w -= lr * w.grad
+            if logger is not None:
+                logger.log_lr(optimizer)
+        meter.add(loss, out, y)  # detached, on the device: no graph kept, no sync
+    if step.pending:  # a last group of fewer than `accumulate` batches
+        meter.add_grad_norm(step.step())
     return _epoch_stats(meter, epoch, optimizer, dist or DistContext.single(dev))
 
 
@@ -133,13 +166,6 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
             "The weights were not updated with it."
         )
         raise NonFiniteLossError(msg)
-
-
-def _clip_or_measure(params: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """The global L2 norm of the gradients, clipped to ``max_norm`` first when it is given."""
-    if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx: DistContext) -> EpochStats:
@@ -159,7 +185,7 @@ def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx
         seconds=t.seconds,
         images_per_second=t.images / t.seconds if t.seconds > 0 else math.inf,
         lr=[float(g["lr"]) for g in optimizer.param_groups],
-        grad_norm=t.grad_norm_sum / t.steps,
+        grad_norm=t.grad_norm,
         first_step_seconds=t.first_step_seconds,
     )
 
@@ -175,7 +201,7 @@ def train_loop(
     device: str | torch.device = "auto",
     eval_data: Iterable[Batch] | None = None,
     max_grad_norm: float | None = None,
-    amp: bool = False,
+    amp: Amp = False,
     progress: Progress = True,
     on_epoch_end: Callable[[int, History], bool | None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -184,12 +210,23 @@ def train_loop(
     distributed: bool | None = None,
     log_dir: str | os.PathLike[str] | None = None,
     retain_memory: bool = False,
+    scheduler: Scheduler | None = None,
+    scheduler_interval: Interval = "auto",
+    monitor: str | None = None,
+    mode: Mode | None = None,
+    patience: int | None = None,
+    restore_best: bool = True,
+    best_checkpoint: str | os.PathLike[str] | None = None,
+    accumulate: int = 1,
+    classes: list[str] | None = None,
 ) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the per-epoch :class:`History`.
 
     Each epoch is one :func:`train_one_epoch`; around it this function resumes from and writes
-    ``checkpoint``, evaluates ``eval_data``, logs to ``log_dir``, calls ``on_epoch_end`` (which
-    may stop the run) and, under ``torchrun``, wraps the model in DDP and shards the data.
+    ``checkpoint``, evaluates ``eval_data``, steps per-epoch schedules, keeps the best weights,
+    stops early, logs to ``log_dir``, calls ``on_epoch_end`` (which may stop the run) and, under
+    ``torchrun``, wraps the model in DDP and shards the data. Every option is checked before the
+    first epoch.
 
     Args:
         model: Any ``nn.Module`` classifier producing ``(N, C)`` logits.
@@ -202,14 +239,19 @@ def train_loop(
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; model and batches move once.
         eval_data: Evaluated after every epoch (``eval_loss``, ``eval_accuracy``).
         max_grad_norm: Clip the global gradient norm to this value.
-        amp: bf16 autocast (CUDA, and CPUs with native bf16; elsewhere it works but is slow).
+        amp: ``True``: the device's best mixed precision (bf16 where native; fp16 with a gradient
+            scaler on CUDA GPUs without bf16); ``"bf16"`` or ``"fp16"`` by name (fp16 runs on a CPU
+            too: slowly, but correctly). The scaler's state is checkpointed.
         progress: ``True`` (or ``"auto"``): a live bar per epoch where someone watches (a
             terminal; a widget in Jupyter) and, whatever the medium, one summary line per epoch
             on stdout that stays (``epoch 3/5  loss sum ...  train acc ...  eval acc ...  img/s``;
             into a file or pipe, only the lines). ``"lines"``: the lines alone. ``"bar"``: the
             bar even into a file. ``False``: nothing. Only rank 0 shows anything under DDP.
         on_epoch_end: ``f(epoch, history)`` after each epoch; returning ``True`` stops training.
-        checkpoint: A file saved atomically after every epoch and resumed from if it exists.
+        checkpoint: A file saved atomically after every epoch and resumed from if it exists: the
+            model, optimizer, scheduler, scaler, epoch, history, best weights and counter, every
+            random state and the loader's seed and epoch, so a resumed run matches an
+            uninterrupted one bit for bit on CPU.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
             is recorded as ``History.compile_seconds``).
         channels_last: Use the channels-last memory format; default: for models with Conv2d.
@@ -220,11 +262,31 @@ def train_loop(
             activation buffers are reused instead of page-faulted in again every step. It changes
             glibc's settings for the whole process, so it is off unless asked for (the
             ``cifarkit`` command turns it on).
+        scheduler: A ``torch.optim.lr_scheduler`` scheduler built on ``optimizer`` (see
+            :func:`~cifarkit.schedules.one_cycle` and :func:`~cifarkit.schedules.cosine`).
+            ``ReduceLROnPlateau`` is stepped each epoch on ``monitor`` (default: ``eval_loss``
+            with ``eval_data``, else ``loss_mean``).
+        scheduler_interval: ``"batch"`` (after every optimizer step), ``"epoch"``, or ``"auto"``:
+            per batch for ``OneCycleLR``, ``CyclicLR`` and cifarkit's builders, per epoch otherwise.
+        monitor: A recorded figure (``"eval_loss"``, ``"eval_accuracy"``, ``"loss_mean"``,
+            ``"loss_sum"``, ``"train_accuracy"``) to keep the best weights of. Nothing changes
+            without it.
+        mode: ``"max"`` or ``"min"``; default: ``"max"`` for accuracies, ``"min"`` otherwise.
+        patience: Stop once ``monitor`` has not improved (strictly) for this many epochs in a row.
+        restore_best: With ``monitor``, the model holds the best epoch's weights when this
+            returns, whether or not training stopped early.
+        best_checkpoint: A model file (``cifarkit.load``-able) rewritten each time ``monitor``
+            improves.
+        accumulate: Batches whose gradients are summed (losses divided by it) before one step.
+        classes: Class names stored in ``best_checkpoint``.
 
     Raises:
+        InvalidOptionError: a scheduler built on another optimizer, ``monitor`` naming a figure
+            that is not recorded, ``patience < 1``, ``accumulate < 1``, an unknown ``amp``.
         EmptyDataError: ``data`` is empty or yields no batches.
         NonFiniteLossError: the loss became NaN/inf; it is checked before ``backward()``, so
-            no step with a non-finite loss changes the weights. On CUDA this check reads the
+            no step with a non-finite loss changes the weights (an fp16 scaler's deliberately
+            skipped steps are not that: their loss is finite). On CUDA this check reads the
             loss on the host every step (one sync per step), the price of that guarantee.
         KeyboardInterrupt: re-raised after restoring the model's train/eval mode; the
             checkpoint of the last completed epoch stays valid.
@@ -240,8 +302,12 @@ def train_loop(
         msg = f"epochs must be a non-negative int, got {epochs!r}"
         raise InvalidOptionError(msg)
     dev = resolve_device(device)
-    _warn_if_amp_is_emulated(dev, amp)
+    dtype = amp_dtype(amp, dev)  # checks amp= before anything runs
+    _warn_if_amp_is_emulated(dev, dtype)
     check_not_empty(data, "training data")
+    check_accumulate(accumulate)
+    tracker = BestWeights(monitor, mode=mode, patience=patience, best_checkpoint=best_checkpoint,
+                          has_eval=eval_data is not None) if monitor is not None else None  # fmt: skip
     if retain_memory and dev.type == "cpu":
         retain_cpu_memory()
     ctx = context(distributed, dev)
@@ -252,22 +318,29 @@ def train_loop(
     loss_fn = loss_fn or CrossEntropyLoss()
     if optimizer is None:
         optimizer = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=lr)
+    if scheduler is not None:
+        check_scheduler(scheduler, optimizer)
+    per_batch = scheduler if scheduler is not None and interval_of(scheduler, scheduler_interval) == "batch" else None
+    scaler = grad_scaler(ctx.device, dtype)
     start, history = 0, History()
     if checkpoint is not None and Path(checkpoint).exists():
-        resumed = load_checkpoint(checkpoint, model=inner, optimizer=optimizer)
-        start, history = resumed.epoch, resumed.history or History()
+        start, history = _resume(checkpoint, inner, optimizer, scheduler, scaler, tracker, data)
     train_data = shard_data(match_memory_format(data, ctx.device, fmt), ctx, pad=True)
     net = wrap_model(inner, ctx) if ctx.active else inner
     if compile:
         net = torch.compile(net)  # type: ignore[assignment]
     was_training = inner.training
+    history.stop_reason = None
+    if tracker is not None and tracker.should_stop:  # a resumed run that had already stopped early
+        history.stop_reason, start = f"early stopping: {monitor} did not improve for {patience} epochs", epochs
     try:
         for epoch in range(start, epochs):
             set_epoch(train_data, epoch)
             stats = train_one_epoch(
-                net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp,
-                max_grad_norm=max_grad_norm, epoch=epoch, channels_last=fmt == torch.channels_last,
-                progress=progress if ctx.is_main else False, logger=logger, dist=ctx,
+                net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp, epoch=epoch,
+                max_grad_norm=max_grad_norm, accumulate=accumulate, scheduler=per_batch, scaler=scaler,
+                channels_last=fmt == torch.channels_last, progress=progress if ctx.is_main else False,
+                logger=logger, dist=ctx,
             )  # fmt: skip
             if compile and history.compile_seconds is None:
                 history.compile_seconds = stats.first_step_seconds
@@ -276,13 +349,27 @@ def train_loop(
                                   channels_last=fmt == torch.channels_last, distributed=ctx.active)  # fmt: skip
                 stats.eval_loss, stats.eval_accuracy = result.loss, result.accuracy
             history.epochs.append(stats)
+            if scheduler is not None and per_batch is None:
+                _step_per_epoch(scheduler, stats, monitor)
+            if tracker is not None:
+                tracker.update(stats, inner, classes=classes if ctx.is_main else None)
+                history.best_epoch = tracker.best_epoch
             report.line(stats.summary(epochs))
+            if tracker is not None and tracker.should_stop:
+                history.stop_reason = f"early stopping: {monitor} did not improve for {patience} epochs"
             if checkpoint is not None and ctx.is_main:
-                save_checkpoint(checkpoint, model=inner, optimizer=optimizer, epoch=epoch + 1, history=history)
+                save_checkpoint(checkpoint, model=inner, optimizer=optimizer, epoch=epoch + 1, history=history,
+                                scheduler=scheduler, scaler=scaler, best=tracker.state_dict() if tracker else None,
+                                loader=_loader_state(data))  # fmt: skip
             if logger is not None:
                 logger.log_epoch(stats, history)
-            if on_epoch_end is not None and on_epoch_end(epoch, history):
+            if history.stop_reason is None and on_epoch_end is not None and on_epoch_end(epoch, history):
+                history.stop_reason = "on_epoch_end"
+            if history.stop_reason is not None:
                 break
+        history.stop_reason = history.stop_reason or "completed"
+        if tracker is not None and restore_best:
+            tracker.restore(inner)
     except Exception as exc:
         translated = translate_error(exc, ctx)
         if translated is exc:
@@ -295,8 +382,40 @@ def train_loop(
     return history
 
 
-def _warn_if_amp_is_emulated(device: torch.device, amp: bool) -> None:
-    if amp and device.type == "cpu" and not cpu_supports_bf16():
+def _step_per_epoch(scheduler: Scheduler, stats: EpochStats, monitor: str | None) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        figure = monitor or ("eval_loss" if stats.eval_loss is not None else "loss_mean")
+        scheduler.step(getattr(stats, figure))
+    else:
+        scheduler.step()
+
+
+def _loader_state(data: Iterable[Batch]) -> dict[str, Any] | None:
+    state = getattr(data, "state_dict", None)
+    return state() if callable(state) else None
+
+
+def _resume(
+    checkpoint: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    tracker: BestWeights | None,
+    data: Iterable[Batch],
+) -> tuple[int, History]:
+    """Restore a run from ``checkpoint``: everything :func:`save_checkpoint` wrote."""
+    resumed = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    if tracker is not None and resumed.best is not None:
+        tracker.load_state_dict(resumed.best)
+    restore = getattr(data, "load_state_dict", None)
+    if resumed.loader is not None and callable(restore):
+        restore(resumed.loader)  # the seed of a loader built without seed= is the checkpoint's
+    return resumed.epoch, resumed.history or History()
+
+
+def _warn_if_amp_is_emulated(device: torch.device, dtype: torch.dtype | None) -> None:
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_supports_bf16():
         warnings.warn(
             "amp=True on a CPU without native bf16 (no AVX-512 BF16/AMX): bf16 is emulated and "
             "usually slower than fp32 here",

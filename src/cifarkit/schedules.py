@@ -1,0 +1,131 @@
+"""Learning-rate schedules: the two every CIFAR recipe uses, built on torch's own schedulers, and
+when a scheduler is stepped (after every optimizer step, or once per epoch).
+
+May import: cifarkit.errors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CyclicLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
+
+from cifarkit.errors import InvalidOptionError, check_choice
+
+__all__ = ["Interval", "Scheduler", "check_scheduler", "cosine", "interval_of", "one_cycle"]
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+#: ``"batch"``: ``scheduler.step()`` after every optimizer step; ``"epoch"``: once per epoch.
+Interval = Literal["auto", "batch", "epoch"]
+_MARK = "_cifarkit_interval"  # set by the builders below on the schedulers they make
+
+
+def _positive(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise InvalidOptionError(msg)
+    return value
+
+
+def one_cycle(
+    optimizer: torch.optim.Optimizer, *, max_lr: float, epochs: int, steps_per_epoch: int, **options: object
+) -> OneCycleLR:
+    """``torch.optim.lr_scheduler.OneCycleLR`` over ``epochs * steps_per_epoch`` optimizer steps.
+
+    Stepped after every optimizer step (``train_loop`` does that by itself). ``options`` go to
+    ``OneCycleLR`` (``pct_start``, ``div_factor``, ...).
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+        >>> schedule = one_cycle(opt, max_lr=0.1, epochs=2, steps_per_epoch=5)
+        >>> schedule.total_steps, round(opt.param_groups[0]["lr"], 4)
+        (10, 0.004)
+    """
+    total = _positive("epochs", epochs) * _positive("steps_per_epoch", steps_per_epoch)
+    scheduler = OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, **options)  # type: ignore[arg-type]
+    setattr(scheduler, _MARK, "batch")
+    return scheduler
+
+
+def cosine(
+    optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0
+) -> LRScheduler:
+    """Cosine decay to 0 over the run, after a linear warm-up from 1% of the learning rate.
+
+    Built from torch's ``LinearLR``, ``CosineAnnealingLR`` and ``SequentialLR``; stepped after every
+    optimizer step.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> schedule = cosine(opt, epochs=3, steps_per_epoch=10, warmup_epochs=1)
+        >>> round(opt.param_groups[0]["lr"], 4)
+        0.001
+    """
+    steps = _positive("epochs", epochs) * _positive("steps_per_epoch", steps_per_epoch)
+    if not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
+        msg = f"warmup_epochs must be an int in [0, epochs={epochs}), got {warmup_epochs!r}"
+        raise InvalidOptionError(msg)
+    warmup = warmup_epochs * steps_per_epoch
+    decay = CosineAnnealingLR(optimizer, T_max=steps - warmup)
+    scheduler: LRScheduler = decay
+    if warmup:
+        ramp = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+        scheduler = SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
+    setattr(scheduler, _MARK, "batch")
+    return scheduler
+
+
+def interval_of(scheduler: Scheduler, interval: Interval = "auto") -> Literal["batch", "epoch"]:
+    """When ``scheduler`` is stepped: ``interval`` itself, or for ``"auto"``: per batch for
+    ``OneCycleLR``, ``CyclicLR`` and the builders here (as torch documents them), per epoch for
+    every other scheduler and always for ``ReduceLROnPlateau`` (it steps on a figure).
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> interval_of(torch.optim.lr_scheduler.StepLR(opt, 10)), interval_of(ReduceLROnPlateau(opt))
+        ('epoch', 'epoch')
+    """
+    check_choice("scheduler_interval", interval, ("auto", "batch", "epoch"))
+    if isinstance(scheduler, ReduceLROnPlateau):
+        if interval == "batch":
+            msg = "ReduceLROnPlateau steps on a per-epoch figure: use scheduler_interval='epoch' or 'auto'"
+            raise InvalidOptionError(msg)
+        return "epoch"
+    if interval != "auto":
+        return interval
+    marked = getattr(scheduler, _MARK, None)
+    if marked == "batch" or isinstance(scheduler, (OneCycleLR, CyclicLR)):
+        return "batch"
+    return "epoch"
+
+
+def check_scheduler(scheduler: Scheduler, optimizer: torch.optim.Optimizer) -> None:
+    """Raise :class:`~cifarkit.errors.InvalidOptionError` unless ``scheduler`` drives ``optimizer``.
+
+    Example:
+        >>> a = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> b = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> check_scheduler(torch.optim.lr_scheduler.StepLR(a, 1), b)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cifarkit.errors.InvalidOptionError: the scheduler was built on another optimizer ...
+    """
+    if not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+        msg = f"scheduler must be a torch.optim.lr_scheduler scheduler, got {type(scheduler).__name__}"
+        raise InvalidOptionError(msg)
+    if scheduler.optimizer is not optimizer:
+        msg = (
+            "the scheduler was built on another optimizer than the one training the model, so it "
+            "would change nothing: build it on the optimizer you pass (scheduler = "
+            "cifarkit.one_cycle(optimizer, ...))"
+        )
+        raise InvalidOptionError(msg)

@@ -1,0 +1,93 @@
+"""Gradient accumulation and fp16 loss scaling, against one big batch and a diverging run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cifarkit import build_cnn, synthetic_cifar10, train_loop, train_one_epoch
+from cifarkit.errors import InvalidOptionError, NonFiniteLossError
+from cifarkit.steps import OptimizerStep, clip_or_measure
+
+
+def batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    data = synthetic_cifar10(n * size, seed=3)
+    x, y = data.images.float() / 255, data.labels
+    return [(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(n)]
+
+
+def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_accumulating_four_batches_equals_one_batch_four_times_larger() -> None:
+    small = batches(8, 8)
+    big = [(torch.cat([x for x, _ in small[i : i + 4]]), torch.cat([y for _, y in small[i : i + 4]])) for i in (0, 4)]
+    a, opt_a = fresh()
+    b, opt_b = fresh()
+    stats = train_one_epoch(a, small, opt_a, accumulate=4, device="cpu", channels_last=False)
+    train_one_epoch(b, big, opt_b, device="cpu", channels_last=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert stats.images == 64 and opt_a.state[next(a.parameters())]["momentum_buffer"] is not None
+
+
+def test_a_last_partial_group_is_stepped_as_its_mean() -> None:
+    small = batches(5, 8)  # accumulate=2: groups of 2, 2 and a last one of 1
+    a, opt_a = fresh()
+    b, opt_b = fresh()
+    steps = []
+    opt_a.register_step_post_hook(lambda *args: steps.append(1))
+    train_one_epoch(a, small, opt_a, accumulate=2, device="cpu", channels_last=False)
+    groups = [(torch.cat([small[0][0], small[1][0]]), torch.cat([small[0][1], small[1][1]])),
+              (torch.cat([small[2][0], small[3][0]]), torch.cat([small[2][1], small[3][1]])), small[4]]  # fmt: skip
+    train_one_epoch(b, groups, opt_b, device="cpu", channels_last=False)
+    assert len(steps) == 3
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_fp16_on_cpu_uses_a_scaler_whose_skipped_steps_are_not_errors() -> None:
+    model, optimizer = fresh()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30)  # overflows fp16 gradients at first: skips
+    history = train_loop(model, synthetic_cifar10(256, seed=0).loader(batch_size=32, seed=0), epochs=1,
+                         optimizer=optimizer, amp="fp16", device="cpu", progress=False)  # fmt: skip
+    assert history.epochs[0].images == 256
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = train_one_epoch(model, batches(16, 16), optimizer, amp="fp16", scaler=scaler, device="cpu")
+    assert scaler.get_scale() < 2.0**30  # it backed off: steps were skipped (measured: down to 2**18)...
+    assert stats.images == 256  # ...and training went on without a NonFiniteLossError
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))  # later steps applied
+
+
+def test_a_diverging_fp16_run_still_stops() -> None:
+    model, _ = fresh()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e6)
+    with pytest.raises(NonFiniteLossError, match="training diverged"):
+        train_loop(model, synthetic_cifar10(512, seed=0).loader(batch_size=32, seed=0), epochs=3,
+                   optimizer=optimizer, amp="fp16", device="cpu", progress=False)  # fmt: skip
+
+
+def test_bad_options_are_refused_before_training() -> None:
+    model, optimizer = fresh()
+    before = model.sequential[0].weight.detach().clone()
+    data = synthetic_cifar10(64).loader(seed=0)
+    with pytest.raises(InvalidOptionError, match="accumulate must be a positive int"):
+        train_loop(model, data, optimizer=optimizer, accumulate=0, device="cpu", progress=False)
+    with pytest.raises(InvalidOptionError, match="amp='fp8' is not valid"):
+        train_loop(model, data, optimizer=optimizer, amp="fp8", device="cpu", progress=False)  # type: ignore[arg-type]
+    assert torch.equal(model.sequential[0].weight, before)
+
+
+def test_step_object_counts_and_clips() -> None:
+    w = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([w], lr=1.0)
+    step = OptimizerStep(optimizer, [w], max_grad_norm=1.0)
+    step.backward((w * torch.tensor([3.0, 4.0])).sum())
+    assert step.ready and float(step.step()) == pytest.approx(5.0)
+    assert w.detach().tolist() == pytest.approx([-0.6, -0.8]) and step.optimizer_steps == 1
+    w.grad = None
+    assert float(clip_or_measure([w], None)) == 0.0
