@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 #: (layer name, modules), bottom to top.
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
-    ("leaf helpers", ["tables", "wrappers", "device", "losses", "progress", "schedules"]),
+    ("leaf helpers", ["tables", "figures", "wrappers", "device", "losses", "progress", "schedules"]),
     ("files, diagnoses, gradients", ["files", "diagnosis", "grads"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),

@@ -66,7 +66,8 @@ def test_evaluate_inspect_predict(
     model = load(file)
     assert main(["evaluate", str(file), "--size", "200"]) == 0
     expected = evaluate(model, synthetic_cifar10(200, seed=1).loader(batch_size=256, shuffle=False), device="cpu")
-    assert f"accuracy {expected.accuracy:.2%}  on 200 images" in capsys.readouterr().out
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"accuracy {expected.accuracy:.2%}  top-5 {expected.topk[5]:.2%}  on 200 images" in first
     assert main(["inspect", str(file)]) == 0
     text = capsys.readouterr().out
     assert "state_dict" in text and "145,578" in text and "class names" in text and "disc" in text
@@ -102,3 +103,27 @@ def test_errors_exit_1_without_traceback(tmp_path: Path, capsys: pytest.CaptureF
 def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "cifarkit", "--help"], capture_output=True, text=True, check=True)
     assert "train" in result.stdout and "inspect" in result.stdout
+
+
+def test_train_with_a_schedule_regularisation_and_fp16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--model", "cnn-relu", "--epochs", "2", "--train-size", "128", "--quiet", "--momentum", "0.9",
+            "--weight-decay", "5e-4", "--label-smoothing", "0.1", "--amp", "fp16"]  # fmt: skip
+    assert main([*args, "--schedule", "onecycle", "--out", str(tmp_path / "a.pt")]) == 0
+    assert main([*args, "--schedule", "cosine", "--warmup-epochs", "1", "--out", str(tmp_path / "b.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("epoch 2/2") for line in lines) == 2
+    assert main(["train", "--schedule", "cosine", "--warmup-epochs", "5", "--epochs", "2", "--out", "x.pt"]) == 1
+    assert "warmup_epochs must be an int in [0, epochs=2)" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_classes_and_draws_the_confusion_matrix(
+    trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "confusion.png"
+    assert main(["evaluate", str(trained[0]), "--size", "100", "--confusion", str(picture)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "top-5" in out[0] and out[1].split() == ["class", "accuracy", "images"]
+    assert {line.split()[0] for line in out[3:13]} == set(synthetic_cifar10(1).classes)
+    assert out[13] == f"wrote {picture}"
+    with Image.open(picture) as image:
+        assert image.format == "PNG"

@@ -9,7 +9,8 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
-FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+# ```python blocks, and the ```{code-cell} blocks of pages the docs build executes (myst-nb).
+FENCE = re.compile(r"^```(?:python|\{code-cell\} ipython3)\n(.*?)^```", re.S | re.M)
 
 
 def test_the_guide_has_pages_with_examples() -> None:
@@ -23,6 +24,7 @@ def test_the_guide_has_pages_with_examples() -> None:
         "distributed",
         "monitoring",
         "architecture",
+        "real-run",
     } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarkit import History, build_cnn, synthetic_cifar10, train_loop
+from cifarkit import History, build_cnn, one_cycle, synthetic_cifar10, train_loop
 from cifarkit.cli import main
 from cifarkit.errors import MissingExtraError
 
@@ -71,3 +71,21 @@ def test_missing_tensorboard_fails_before_training(monkeypatch: pytest.MonkeyPat
     with pytest.raises(MissingExtraError, match=r"pip install 'cifarkit\[tensorboard\]'"):
         train_loop(model, synthetic_cifar10(64).loader(), device="cpu", progress=False, log_dir=tmp_path / "r")
     assert torch.equal(model.sequential[0].weight, before)  # not a single step was taken
+
+
+def test_a_schedule_is_logged_after_every_optimizer_step(tmp_path: Path) -> None:
+    model = build_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = synthetic_cifar10(128, seed=0).loader(batch_size=32, seed=0)
+    schedule = one_cycle(optimizer, max_lr=0.1, epochs=2, steps_per_epoch=len(data))
+    lrs = []
+    optimizer.register_step_post_hook(
+        lambda opt, *_: lrs.append(opt.param_groups[0]["lr"])
+    )  # before the schedule steps
+    train_loop(model, data, epochs=2, optimizer=optimizer, scheduler=schedule, device="cpu", progress=False,
+               log_dir=tmp_path / "run")  # fmt: skip
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
+    events.Reload()
+    points = events.Scalars("optim/lr_step")
+    assert [p.step for p in points] == list(range(1, 9))
+    assert [p.value for p in points] == pytest.approx([*lrs[1:], schedule.get_last_lr()[0]], rel=1e-6)

@@ -192,11 +192,20 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
     assert load_checkpoint(checkpoint, model=build_cnn()).epoch == 2
 
 
-def test_on_epoch_end_can_stop_training() -> None:
-    history = train_loop(
-        build_cnn(), small_loader(64), epochs=5, device="cpu", progress=False, on_epoch_end=lambda e, h: e == 1
-    )
-    assert len(history) == 2
+def test_on_epoch_end_is_called_every_epoch_and_can_stop_training() -> None:
+    calls: list[int] = []
+
+    def stop_after_two(epoch: int, history: History) -> bool:
+        calls.append(epoch)
+        return epoch == 1
+
+    history = train_loop(build_cnn(), small_loader(64), epochs=5, device="cpu", progress=False,
+                         on_epoch_end=stop_after_two)  # fmt: skip
+    assert len(history) == 2 and calls == [0, 1] and history.stop_reason == "on_epoch_end"
+    calls.clear()
+    history = train_loop(build_cnn(), small_loader(64), epochs=2, device="cpu", progress=False,
+                         on_epoch_end=lambda e, h: calls.append(e))  # fmt: skip
+    assert calls == [0, 1] and history.stop_reason == "completed"
 
 
 def test_max_grad_norm_bounds_each_step() -> None:

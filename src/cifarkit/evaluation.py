@@ -1,7 +1,7 @@
 """How good is a model: mean loss and accuracy over held-out data.
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
-cifarkit.distributed, cifarkit.meters, cifarkit.tables.
+cifarkit.distributed, cifarkit.meters, cifarkit.figures, cifarkit.tables.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from torch import nn
 
 from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, resolve_device
 from cifarkit.distributed import context, shard_data
-from cifarkit.errors import EmptyDataError, InvalidOptionError, MissingExtraError
+from cifarkit.errors import EmptyDataError, InvalidOptionError
+from cifarkit.figures import new_figure, save_or_return
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.meters import ClassMeter, Meter
@@ -104,15 +105,10 @@ class EvalResult:
         if self.confusion is None:
             msg = "this EvalResult has no confusion matrix (it was not made by cifarkit.evaluate)"
             raise InvalidOptionError(msg)
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as exc:
-            msg = "plot_confusion needs matplotlib: pip install 'cifarkit[plot]'"
-            raise MissingExtraError(msg) from exc
         counts = self.confusion.numpy()
         n = counts.shape[0]
         names = list(classes) if classes is not None else [str(i) for i in range(n)]
-        fig = Figure(figsize=(1.5 + 0.55 * n, 1.2 + 0.5 * n), dpi=100, layout="constrained")
+        fig = new_figure("plot_confusion", figsize=(1.5 + 0.55 * n, 1.2 + 0.5 * n), dpi=100, layout="constrained")
         ax = fig.subplots()
         ax.imshow(counts, cmap="Blues")
         ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true class")
@@ -123,12 +119,7 @@ class EvalResult:
             for j in range(n):
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center",
                         color="white" if counts[i, j] > top / 2 else "black", fontsize=8)  # fmt: skip
-        if path is None:
-            return fig
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-        return out
+        return save_or_return(fig, path)
 
 
 def _worst_first(value: float) -> float:

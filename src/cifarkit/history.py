@@ -3,19 +3,19 @@
 Plain dataclasses that round-trip through JSON (``history.json``) and through
 ``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
 
-May import: cifarkit.errors, cifarkit.tables.
+May import: cifarkit.errors, cifarkit.figures, cifarkit.tables.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from cifarkit.errors import HistoryNotFoundError, MissingExtraError, check_choice
+from cifarkit.errors import HistoryNotFoundError, check_choice
+from cifarkit.figures import new_figure, save_or_return
 from cifarkit.tables import format_table, html_table
 
 if TYPE_CHECKING:
@@ -25,12 +25,6 @@ __all__ = ["EpochStats", "History"]
 
 _HEADERS = ("epoch", "loss sum", "mean loss", "train acc", "eval loss", "eval acc", "img/s", "seconds")
 _RIGHT = range(len(_HEADERS))
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def _opt(value: float | None, spec: str) -> str:
@@ -203,18 +197,10 @@ class History:
         Draws on its own figure: pyplot and matplotlib's backend are left as they are. Needs
         matplotlib (``pip install 'cifarkit[plot]'``).
         """
-        try:
-            from matplotlib.figure import Figure
-            from matplotlib.ticker import MaxNLocator
-        except ImportError as exc:
-            msg = "History.plot needs matplotlib: pip install 'cifarkit[plot]'"
-            raise MissingExtraError(msg) from exc
+        from matplotlib.ticker import MaxNLocator  # after new_figure: matplotlib is there
 
         epochs = self.column("epoch")
-        fig = Figure(figsize=(10, 4), dpi=100)
-        # Without pyplot nothing registers a display hook for figures: give this one its own, so
-        # Jupyter shows it as a PNG when it is a cell's result.
-        setattr(fig, "_repr_png_", lambda: _png(fig))  # noqa: B010
+        fig = new_figure("History.plot", figsize=(10, 4), dpi=100)
         ax_loss, ax_acc = fig.subplots(1, 2)
         ax_loss.plot(epochs, self.column("loss_mean"), marker="o", label="train")
         ax_acc.plot(epochs, self.column("train_accuracy"), marker="o", label="train")
@@ -227,9 +213,4 @@ class History:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
-        if path is None:
-            return fig
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-        return out
+        return save_or_return(fig, path)

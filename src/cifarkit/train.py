@@ -357,13 +357,15 @@ def train_loop(
             report.line(stats.summary(epochs))
             if tracker is not None and tracker.should_stop:
                 history.stop_reason = f"early stopping: {monitor} did not improve for {patience} epochs"
+            elif epoch + 1 == epochs:
+                history.stop_reason = "completed"
             if checkpoint is not None and ctx.is_main:
                 save_checkpoint(checkpoint, model=inner, optimizer=optimizer, epoch=epoch + 1, history=history,
                                 scheduler=scheduler, scaler=scaler, best=tracker.state_dict() if tracker else None,
                                 loader=_loader_state(data))  # fmt: skip
             if logger is not None:
                 logger.log_epoch(stats, history)
-            if history.stop_reason is None and on_epoch_end is not None and on_epoch_end(epoch, history):
+            if on_epoch_end is not None and on_epoch_end(epoch, history) and history.stop_reason is None:
                 history.stop_reason = "on_epoch_end"
             if history.stop_reason is not None:
                 break
