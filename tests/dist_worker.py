@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from cifarkit import build_cnn, synthetic_cifar10, train_loop
+from cifarkit import build_cnn, evaluate, synthetic_cifar10, train_loop
 from cifarkit.errors import DistributedError
 
 
@@ -25,8 +25,10 @@ def main() -> None:
         history = train_loop(model, data, epochs=2, optimizer=optimizer, eval_data=eval_data, progress=False,
                              device="cpu", checkpoint=out / "ck.pt")  # fmt: skip
         torch.save(model.state_dict(), out / f"rank{rank}.pt")
+        result = evaluate(model, eval_data, device="cpu")  # each rank its shard, counts summed over ranks
+        figures = {"confusion": result.confusion.tolist(), "topk": result.topk, "count": result.count}
         (out / f"rank{rank}.json").write_text(
-            json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads()})
+            json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads(), "evaluate": figures})
         )
     elif mode == "resume":  # a second launch: continue the checkpoint of "train" to 3 epochs
         history = train_loop(model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from cifarkit import build_cnn, synthetic_cifar10, train_loop
+from cifarkit import build_cnn, evaluate, synthetic_cifar10, train_loop
 from cifarkit.distributed import DistContext, context, launched_by_torchrun, shard_data, shard_dataloader, share_threads
 from cifarkit.errors import DistributedError
 
@@ -69,6 +69,16 @@ def test_two_ranks_match_one_process_over_the_same_global_batches(tmp_path: Path
         assert ours["loss_sum"] == pytest.approx(ref["loss_sum"], rel=1e-4)
         assert ours["train_accuracy"] == pytest.approx(ref["train_accuracy"], abs=2 / 512)
         assert ours["eval_accuracy"] == pytest.approx(ref["eval_accuracy"], abs=1 / 200)
+    # evaluate under DDP: each rank counts its shard; the confusion matrix and top-k are summed
+    reference = build_cnn(activation="relu")
+    reference.load_state_dict(w0)
+    expected = evaluate(reference, eval_data, device="cpu")
+    for h in (h0, h1):
+        confusion = torch.tensor(h["evaluate"]["confusion"])
+        assert h["evaluate"]["count"] == 200 and int(confusion.sum()) == 200  # every image counted once
+        # same weights, other batch shapes: at most a float-rounding tie may flip one prediction
+        assert int((confusion - expected.confusion).abs().sum()) <= 2  # type: ignore[operator]
+        assert {int(k): v for k, v in h["evaluate"]["topk"].items()} == pytest.approx(expected.topk, abs=1 / 200)
     raw = torch.load(tmp_path / "ck.pt", weights_only=True)  # written by rank 0 only
     assert raw["epoch"] == 2 and not any(k.startswith("module.") for k in raw["model"]["state_dict"])
 
