@@ -147,3 +147,23 @@ def test_random_states_round_trip() -> None:
     first = (random.random(), float(np.random.rand()), float(torch.rand(())))
     set_random_states(states)
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
+
+
+def test_scheduler_and_scaler_states_travel_with_the_checkpoint(tmp_path: Path) -> None:
+    model = build_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    scaler.scale(torch.ones(()))  # the scaler starts when it first scales a loss
+    scaler.update(new_scale=256.0)
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=optimizer, epoch=3, scheduler=schedule,
+                           scaler=scaler, loader={"seed": 5, "epoch": 3})  # fmt: skip
+    optimizer2 = torch.optim.SGD(build_cnn().parameters(), lr=0.1)
+    schedule2 = torch.optim.lr_scheduler.StepLR(optimizer2, 1, gamma=0.5)
+    scaler2 = torch.amp.GradScaler("cpu")
+    restored = load_checkpoint(path, model=build_cnn(), optimizer=optimizer2, scheduler=schedule2, scaler=scaler2)
+    assert schedule2.last_epoch == 3 and optimizer2.param_groups[0]["lr"] == pytest.approx(0.0125)
+    assert scaler2.get_scale() == 256.0 and restored.loader == {"seed": 5, "epoch": 3}
