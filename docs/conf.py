@@ -24,8 +24,11 @@ myst_enable_extensions = ["colon_fence"]
 # printed output and pictures are this build's, never pasted. An error fails the build.
 nb_execution_mode = "force"
 nb_execution_timeout = 600
+nb_execution_in_temp = True  # files the pages write (model.pt, run.pt) go to a temporary folder
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
+# tqdm's progress widget has no static rendering; the epoch lines printed beside it are the record.
+suppress_warnings = ["mystnb.unknown_mime_type"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autodoc_member_order = "bysource"

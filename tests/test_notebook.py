@@ -11,7 +11,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parent.parent / "docs" / "quickstart.ipynb"
 
 
 def outputs(cell: Any, kind: str) -> list[str]:
@@ -39,10 +39,10 @@ def test_quickstart_runs_in_a_kernel_with_widgets_and_html_tables(tmp_path: Path
     # the live bar is tqdm's widget, and one summary line per epoch stays in the output
     assert outputs(train, "application/vnd.jupyter.widget-view+json"), [o.output_type for o in train.outputs]
     lines = "".join(outputs(train, "stdout")).splitlines()
-    assert [line.split("  ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert [line.split("  ")[0] for line in lines] == [f"epoch {e}/5" for e in range(1, 6)]
     assert all("\r" not in line and "eval acc" in line for line in lines)
     history_html = "".join(outputs(code["history"], "text/html"))
-    assert "<table>" in history_html and "History: 3 epochs" in history_html and "eval acc" in history_html
+    assert "<table>" in history_html and "History: 5 epochs" in history_html and "eval acc" in history_html
     assert outputs(code["history.plot()"], "image/png")  # the curves display inline
     evaluate = next(c for first, c in code.items() if first.startswith("cifarkit.evaluate"))
     assert "<th" in "".join(outputs(evaluate, "text/html")) and "accuracy" in "".join(outputs(evaluate, "text/html"))
