@@ -75,3 +75,15 @@ def bench(session: nox.Session) -> None:
     """Side-by-side speed comparison (pass --quick for a smoke run); writes benchmarks/results/."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a machine with a CUDA GPU: the tests marked ``cuda``, then the GPU benchmark
+    (writes benchmarks/results/gpu-<device>.json). About 10 minutes."""
+    session.install("-e", ".[test]")
+    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU here')")
+    session.run("pytest", "-m", "cuda", "-p", "no:cacheprovider", "tests", env={"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    session.run(
+        "python", "benchmarks/bench.py", "--device", "cuda", "--rounds", "3", "--seconds", "2", *session.posargs
+    )

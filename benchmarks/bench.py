@@ -33,6 +33,9 @@ from torchvision.transforms import ToTensor
 import cifarkit
 from cifarkit.device import cpu_supports_bf16
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu  # benchmarks/gpu.py: the GPU variants
+
 HERE = Path(__file__).resolve().parent
 Runner = Callable[[int], int]  # run on n images, return images processed
 
@@ -289,23 +292,24 @@ def machine() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of one repeat")
-    parser.add_argument("--out", type=Path, default=None, help="JSON results (default results/latest.json)")
-    args = parser.parse_args(argv)
-    rounds, seconds = (2, 0.2) if args.quick else (args.rounds, args.seconds)
-    out = args.out or HERE / "results" / ("quick.json" if args.quick else "latest.json")
-
-    # No variant changes the allocator (train_loop's retain_memory is off by default); its
-    # effect is measured separately, in fresh processes.
-    variants = make_variants(args.quick)
+def measure(
+    variants: dict[str, Runner],
+    *,
+    rounds: int,
+    seconds: float,
+    baselines: dict[str, str | None],
+    bare: str,
+    tutorial: str,
+    same_precision: dict[str, tuple[str, ...]],
+    on_run: Callable[[str, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Calibrate each variant to ``seconds``, run them in shuffled rounds, return medians and
+    the medians of per-round ratios (against ``baselines.get(name, bare)``, the tutorial loop
+    and the best same-precision loop). ``on_run(name, start, end)`` sees every timed run."""
     sizes = {name: calibrate(run, seconds) for name, run in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
-    same_precision: dict[str, list[float]] = {name: [] for name in SAME_PRECISION}
+    best_ratios: dict[str, list[float]] = {name: [] for name in same_precision}
     rng = random.Random(0)
     for round_ in range(rounds):
         order = list(variants)
@@ -314,33 +318,90 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             start = time.perf_counter()
             done = variants[name](sizes[name])
-            this_round[name] = done / (time.perf_counter() - start)
+            end = time.perf_counter()
+            this_round[name] = done / (end - start)
             rates[name].append(this_round[name])
+            if on_run is not None:
+                on_run(name, start, end)
         for name in variants:
-            base = BASELINES.get(name, BARE)
+            base = baselines.get(name, bare)
             if base is not None:
                 ratios[name].append(this_round[name] / this_round[base])
-        for name, candidates in SAME_PRECISION.items():
-            same_precision[name].append(this_round[name] / max(this_round[c] for c in candidates))
+        for name, candidates in same_precision.items():
+            best_ratios[name].append(this_round[name] / max(this_round[c] for c in candidates))
         print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
-
-    results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds_per_repeat": seconds, "variants": {}}
-    tutorial_median = statistics.median(rates[TUTORIAL])
+    tutorial_median = statistics.median(rates[tutorial])
+    figures = {}
     for name in variants:
-        base = BASELINES.get(name, BARE)
-        results["variants"][name] = {
+        base = baselines.get(name, bare)
+        figures[name] = {
             "images_per_second": statistics.median(rates[name]),
             "ratio": statistics.median(ratios[name]) if ratios[name] else None,
             "baseline": base,
-            "vs_tutorial": statistics.median(rates[name]) / tutorial_median if base == BARE else None,
-            "vs_best_same_precision": statistics.median(same_precision[name]) if name in same_precision else None,
+            "vs_tutorial": statistics.median(rates[name]) / tutorial_median if base == bare else None,
+            "vs_best_same_precision": statistics.median(best_ratios[name]) if name in best_ratios else None,
         }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one repeat")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default results/latest.json)")
+    parser.add_argument("--device", default="cpu", help="'cpu' (the CPU table) or 'cuda' (the GPU table)")
+    parser.add_argument("--gpu-variants", action="store_true", help="run the GPU table on --device (a CPU smoke test)")
+    args = parser.parse_args(argv)
+    rounds, seconds = (2, 0.2) if args.quick else (args.rounds, args.seconds)
+    device = torch.device(args.device)
+    if device.type == "cuda" or args.gpu_variants:
+        return gpu_main(device, quick=args.quick, rounds=rounds, seconds=seconds, out=args.out)
+    out = args.out or HERE / "results" / ("quick.json" if args.quick else "latest.json")
+
+    # No variant changes the allocator (train_loop's retain_memory is off by default); its
+    # effect is measured separately, in fresh processes.
+    variants = make_variants(args.quick)
+    results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds_per_repeat": seconds}
+    results["variants"] = measure(variants, rounds=rounds, seconds=seconds, baselines=BASELINES, bare=BARE,
+                                  tutorial=TUTORIAL, same_precision=SAME_PRECISION)  # fmt: skip
     marks = rss_over_epochs(2 if args.quick else 10)
     results["rss_bytes_per_epoch"] = marks
     if not args.quick:
         results["allocator"] = allocator_effect(args.quick)
         results["distributed_images_per_second"] = distributed_scaling(args.quick)
     results["targets"] = check_targets(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    return 0
+
+
+def gpu_main(device: torch.device, *, quick: bool, rounds: int, seconds: float, out: Path | None) -> int:
+    """The GPU table: results/gpu-<device name>.json (or ``out``), printed as a Markdown table."""
+    facts = gpu.gpu_facts(device)
+    name = (facts["gpu"] or device.type).replace(" ", "-")
+    out = out or HERE / "results" / f"gpu-{name}.json"
+    variants = gpu.make_gpu_variants(device, quick=quick, pil_dataset=PILCifar)
+    intervals: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    with gpu.UtilisationSampler() as sampler:
+        figures = measure(
+            variants, rounds=rounds, seconds=seconds, baselines=gpu.BASELINES, bare=gpu.BARE, tutorial=gpu.TUTORIAL,
+            same_precision={"GPU cifarkit train_loop(amp=True)": (gpu.BEST,)},
+            on_run=lambda name, start, end: intervals[name].append((start, end)),
+        )  # fmt: skip
+    for key, value in figures.items():
+        value["vs_best"] = value.pop("vs_best_same_precision")
+        value["gpu_utilisation_percent"] = sampler.mean_between(intervals[key])
+    results: dict[str, Any] = {
+        "machine": {**machine(), **facts, "date": time.strftime("%Y-%m-%d")},
+        "rounds": rounds,
+        "seconds_per_repeat": seconds,
+        "variants": figures,
+        # share of a step's time that the NaN guard's host read costs: 1 - guarded / unguarded
+        "nan_guard_share": 1.0 - figures[gpu.GUARDED]["images_per_second"] / figures[gpu.BARE]["images_per_second"],
+    }
+    results["targets"] = gpu.check_gpu_targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(table(results))
@@ -381,10 +442,21 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["variants"].items():
         ratio = "1.00" if r["ratio"] is None else f"{r['ratio']:.2f}"
         vs = "" if r["vs_tutorial"] is None else f"{r['vs_tutorial']:.1f}"
-        best = "" if r.get("vs_best_same_precision") is None else f"{r['vs_best_same_precision']:.2f}"
+        best_ratio = r.get("vs_best_same_precision", r.get("vs_best"))
+        best = "" if best_ratio is None else f"{best_ratio:.2f}"
         lines.append(f"| {name} | {r['images_per_second']:.0f} | {ratio} | {r['baseline'] or '—'} | {vs} | {best} |")
     lines += ["", "| target | measured | status |", "|---|---|---|"]
     lines += [f"| {t['what']} | {t['measured']} | {t['status']} |" for t in results["targets"]]
+    if "nan_guard_share" in results:
+        m = results["machine"]
+        lines.insert(0, f"GPU: {m.get('gpu')}, CUDA {m.get('cuda')}, bf16 {m.get('bf16')}, {m.get('date')}.")
+        utilisation = {k: v["gpu_utilisation_percent"] for k, v in results["variants"].items()}
+        lines += [
+            "",
+            f"NaN guard's host read: {results['nan_guard_share']:.1%} of the bare loop's step time",
+            "GPU utilisation (%): " + ", ".join(f"{k}: {u:.0f}" for k, u in utilisation.items() if u is not None),
+        ]
+        return "\n".join(lines)
     rss = results["rss_bytes_per_epoch"]
     lines += ["", f"Peak RSS after each epoch (MB): {', '.join(f'{b / 1e6:.0f}' for b in rss)}"]
     if "allocator" in results:

@@ -35,6 +35,11 @@ def main() -> None:
                              checkpoint=out / "ck.pt")  # fmt: skip
         torch.save(model.state_dict(), out / f"resumed{rank}.pt")
         (out / f"resumed{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
+    elif mode == "nccl":  # one rank over NCCL on the GPU
+        history = train_loop(model, data, epochs=1, optimizer=optimizer, eval_data=eval_data, progress=False,
+                             device="cuda", distributed=True)  # fmt: skip
+        backend = torch.distributed.get_backend()
+        (out / "nccl.json").write_text(json.dumps({"history": history.to_dict(), "backend": backend}))
     elif mode == "die":
 
         def die_on_rank1(epoch: int, history: object) -> None:

@@ -27,3 +27,16 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "| variant | img/s | ratio |" in result.stdout
     best = figures["variants"]["cifarkit train_loop (defaults)"]["vs_best_same_precision"]
     assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.95")
+
+
+@pytest.mark.slow
+def test_the_gpu_table_runs_on_the_cpu_as_a_smoke_test(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    result = subprocess.run([sys.executable, str(BENCH), "--gpu-variants", "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert "GPU cifarkit train_loop(amp=True)" in figures["variants"] and "nan_guard_share" in figures
+    assert [t["what"].split(" >=")[0] for t in figures["targets"]] == [
+        "GPU cifarkit train_loop(amp=True)", "GPU cifarkit default", "GPU cifarkit default", "GPU evaluate"]  # fmt: skip
+    assert "NaN guard's host read" in result.stdout

@@ -82,37 +82,44 @@ import numpy as np
 import torch
 import cifarkit
 torch.set_num_threads(1)
-mode, out = sys.argv[1], sys.argv[2]
+mode, out, device = sys.argv[1], sys.argv[2], sys.argv[3]
+if device == "cuda":
+    torch.use_deterministic_algorithms(True)  # with CUBLAS_WORKSPACE_CONFIG set by the test
 torch.manual_seed(1234 if mode == "resume" else 7)  # a restarted script seeds differently
 random.seed(5); np.random.seed(5)
 model = cifarkit.build_cnn(activation="relu", dropout=0.3)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-train = cifarkit.synthetic_cifar10(192, seed=0).loader(batch_size=32, augment=True)  # no seed=: drawn at random
+train = cifarkit.synthetic_cifar10(192, seed=0).loader(batch_size=32, augment=True, device=device)  # no seed=
 schedule = cifarkit.one_cycle(optimizer, max_lr=0.05, epochs=4, steps_per_epoch=len(train))
 eval_data = cifarkit.synthetic_cifar10(64, seed=1).loader(shuffle=False)
 history = cifarkit.train_loop(model, train, epochs=2 if mode == "first" else 4, optimizer=optimizer,
                               scheduler=schedule, eval_data=eval_data, monitor="eval_loss", patience=3,
                               checkpoint=None if mode == "straight" else out + "/ck.pt",
-                              device="cpu", progress=False)
+                              device=device, progress=False)
 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out + f"/{mode}.pt")
 print(json.dumps({"history": history.to_dict(), "random": random.random(), "numpy": float(np.random.rand()),
                   "torch": float(torch.rand(()))}))
 """
 
 
-def _run_script(mode: str, out: Path) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, mode, str(out)], capture_output=True, text=True,
+def _run_script(mode: str, out: Path, device: str = "cpu") -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    done = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, mode, str(out), device], capture_output=True, text=True,
                           env=env, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow
-def test_a_resumed_run_in_a_new_process_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
-    straight = _run_script("straight", tmp_path)
-    _run_script("first", tmp_path)
-    resumed = _run_script("resume", tmp_path)
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs a CUDA GPU")])],
+)  # fmt: skip
+def test_a_resumed_run_in_a_new_process_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path, device: str) -> None:
+    straight = _run_script("straight", tmp_path, device)
+    _run_script("first", tmp_path, device)
+    resumed = _run_script("resume", tmp_path, device)
     a, b = (torch.load(tmp_path / f"{m}.pt", weights_only=True) for m in ("straight", "resume"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # best weights, restored
     momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]

@@ -153,3 +153,12 @@ def test_sharding_a_dataloader_keeps_all_its_options() -> None:
     assert shard_data(loader, DistContext.single(torch.device("cpu")), pad=True) is loader
     with pytest.raises(DistributedError, match="custom batch_sampler"):
         shard_dataloader(DataLoader(TensorDataset(torch.arange(4)), batch_sampler=[[0, 1], [2, 3]]), 0, 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_rank_over_nccl(tmp_path: Path) -> None:
+    results = launch("nccl", tmp_path, world_size=1)
+    assert results[0].returncode == 0, results[0].stderr[-2000:]
+    report = json.loads((tmp_path / "nccl.json").read_text())
+    assert report["backend"] == "nccl" and report["history"]["epochs"][0]["images"] == 512

@@ -105,3 +105,16 @@ def test_confusion_matrix_picture(tmp_path: Path) -> None:
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 300
     assert result.plot_confusion().axes  # type: ignore[union-attr]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluate_on_cuda_agrees_with_the_cpu() -> None:
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    data = synthetic_cifar10(500, seed=2)
+    on_cpu = evaluate(model, data.loader(batch_size=128, shuffle=False), device="cpu")
+    on_gpu = evaluate(model, data.loader(batch_size=128, shuffle=False, device="cuda"), device="cuda")
+    assert on_gpu.count == 500 and on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-3)
+    assert abs(on_gpu.accuracy - on_cpu.accuracy) <= 2 / 500  # a float tie may flip a prediction
+    assert int((on_gpu.confusion - on_cpu.confusion).abs().sum()) <= 4  # type: ignore[operator]

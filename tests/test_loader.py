@@ -157,3 +157,15 @@ def test_shard_defaults_to_the_loaders_own_drop_last() -> None:
     loader = TensorLoader(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10), batch_size=1, drop_last=True)
     assert [loader.shard(r, 3).num_samples for r in range(3)] == [3, 3, 3]
     assert [loader.shard(r, 3, drop_last=False).num_samples for r in range(3)] == [4, 4, 4]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_loader_on_the_gpu_gives_the_cpu_loaders_batches() -> None:
+    data = small()
+    on_cpu = TensorLoader(data.images, data.labels, batch_size=32, seed=3, augment=True)
+    on_gpu = TensorLoader(data.images, data.labels, batch_size=32, seed=3, augment=True, device="cuda")
+    assert on_gpu.images.is_cuda
+    for (xa, ya), (xb, yb) in zip(on_cpu, on_gpu, strict=True):
+        assert xb.is_cuda and yb.is_cuda
+        assert torch.equal(xa, xb.cpu()) and torch.equal(ya, yb.cpu())

@@ -278,6 +278,8 @@ def test_model_saved_on_cuda_loads_on_cpu(tmp_path: Path) -> None:
     assert next(loaded.parameters()).device.type == "cpu"
     assert same_weights(model.cpu(), loaded)
     assert next(load(path, map_location="cuda").parameters()).is_cuda
+    back = save(load(path), tmp_path / "from_cpu.pt")  # and back: a CPU-saved file loads on the GPU
+    assert same_weights(model, load(back, map_location="cuda").cpu())
 
 
 # --------------------------------------------------------------------------- inspect

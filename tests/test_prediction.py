@@ -62,3 +62,15 @@ def test_predict_errors_name_the_file(tmp_path: Path) -> None:
         predict(build_cnn(), torch.zeros(4, 32, 32), device="cpu")
     with pytest.raises(InvalidOptionError):
         predict(build_cnn(), 3.5, device="cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predict_on_cuda_agrees_with_the_cpu() -> None:
+    torch.manual_seed(0)
+    model = build_cnn(activation="relu")
+    images = synthetic_cifar10(8, seed=0).images
+    on_cpu = predict(model, images, device="cpu")
+    on_gpu = predict(model, images, device="cuda")
+    assert next(model.parameters()).is_cuda
+    assert [p.probability for p in on_gpu] == pytest.approx([p.probability for p in on_cpu], rel=1e-3)

@@ -264,8 +264,11 @@ def test_compile_records_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
     assert train_loop(build_cnn(), small_loader(64), device="cpu", progress=False).compile_seconds is None
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@CUDA
 def test_cuda_training_with_amp_and_device_data() -> None:
     data = synthetic_cifar10(512, seed=0)
     loader = data.loader(batch_size=64, seed=0, device="cuda")
@@ -273,6 +276,23 @@ def test_cuda_training_with_amp_and_device_data() -> None:
     history = train_loop(model, loader, epochs=2, amp=True, device="cuda", progress=False)
     assert next(model.parameters()).is_cuda and history.epochs[-1].images == 512
     assert evaluate(model, loader, device="cuda").count == 512
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_trains_close_to_fp32(amp: str) -> None:
+    loader = synthetic_cifar10(1024, seed=0).loader(batch_size=64, seed=0, device="cuda")
+
+    def run(precision: Any) -> float:
+        torch.manual_seed(0)
+        model = build_cnn(activation="relu")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        history = train_loop(model, loader, epochs=1, optimizer=optimizer, amp=precision, device="cuda", progress=False)
+        assert next(model.parameters()).is_cuda
+        return float(history.epochs[0].loss_sum)
+
+    assert run(amp) == pytest.approx(run(False), rel=0.03)  # fp16 steps through a GradScaler
 
 
 # --------------------------------------------------------------------------- the oracle
