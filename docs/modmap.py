@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("files, diagnoses, gradients", ["files", "diagnosis", "grads"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),
+    ("your own pictures", ["folders"]),
     ("models and build records", ["models"]),
     ("persistence", ["persist"]),
     ("run records", ["history"]),

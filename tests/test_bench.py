@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "| variant | img/s | ratio |" in result.stdout
     best = figures["variants"]["cifarkit train_loop (defaults)"]["vs_best_same_precision"]
     assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.95")
+    assert figures["image_folder"]["files"] == 200 and figures["image_folder"]["files_per_second"] > 0
 
 
 @pytest.mark.slow

@@ -10,10 +10,12 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from cifarkit import evaluate, load, predict, synthetic_cifar10
+from cifarkit import evaluate, inspect, load, predict, synthetic_cifar10
 from cifarkit.cli import LESSON_HINT, main
 
 
@@ -127,3 +129,65 @@ def test_evaluate_prints_the_classes_and_draws_the_confusion_matrix(
     assert out[13] == f"wrote {picture}"
     with Image.open(picture) as image:
         assert image.format == "PNG"
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> Path:
+    """Three classes of small pictures on disk: red, green and blue squares in random places."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pictures"
+    for label, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 60, size=(40, 48, 3), dtype=np.uint8)
+            y, x = rng.integers(0, 20), rng.integers(0, 28)
+            pixels[y : y + 20, x : x + 20, label] = 250
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_train_on_a_folder_of_your_own_pictures(
+    pictures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine.pt"
+    args = ["train", "--data", str(pictures), "--model", "cnn-relu", "--momentum", "0.9", "--epochs", "3",
+            "--batch-size", "8", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1/3") and "eval acc" in lines[0]  # 20% of each class held out
+    assert load(out).sequential[-1].out_features == 3  # the head fits the folder's classes
+    assert inspect(out).class_names == ["blue", "green", "red"]  # sorted folder names
+    new = tmp_path / "new.png"
+    Image.open(pictures / "green" / "0.png").save(new)
+    assert main(["predict", str(out), str(new), "--top", "3"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"{new}: ") and sorted(n.split(" (")[0] for n in printed[len(f"{new}: "):].split(", ")) == [
+        "blue", "green", "red"]  # fmt: skip
+    assert main(["evaluate", str(out), "--data", str(pictures)]) == 0
+    assert "on 36 images" in capsys.readouterr().out
+
+
+def test_pretrained_vgg16_options(torch_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "vgg16", "--weights", "imagenet", "--epochs", "1", "--out", "v.pt"]) == 1
+    err = capsys.readouterr().err
+    assert "vgg16-397923af.pth" in err and str(torch_home) in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "cnn", "--weights", "imagenet"])
+    assert info.value.code == 2 and "go with --model vgg16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "cnn", "--image-size", "64"])
+    assert "takes 32x32 images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vgg16_from_a_weights_file_with_frozen_features(
+    vgg_weights_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "vgg.pt"
+    args = ["train", "--model", "vgg16", "--weights", str(vgg_weights_file), "--freeze-features", "--epochs", "1",
+            "--train-size", "32", "--batch-size", "16", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    trained, start = load(out).state_dict(), torch.load(vgg_weights_file, weights_only=True)
+    assert torch.equal(trained["features.0.weight"], start["features.0.weight"])  # frozen: untouched
+    assert not torch.equal(trained["classifier.0.weight"], start["classifier.0.weight"])  # the head trained
+    assert trained["classifier.6.weight"].shape == (10, 4096)

@@ -12,9 +12,9 @@ The package is flat; each module holds one concern and imports only modules belo
 layers are listed in the guide's "How cifarkit is built" page and kept by a test).
 
 May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.errors,
-cifarkit.evaluation, cifarkit.grads, cifarkit.history, cifarkit.loader, cifarkit.losses,
-cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.schedules, cifarkit.train (never
-cifarkit.cli).
+cifarkit.evaluation, cifarkit.folders, cifarkit.grads, cifarkit.history, cifarkit.loader,
+cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.schedules,
+cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from cifarkit.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.diagnosis import Diagnosis
 from cifarkit.evaluation import EvalResult, evaluate
+from cifarkit.folders import load_image_folder
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
 from cifarkit.history import EpochStats, History
 from cifarkit.loader import Loader, TensorLoader
@@ -73,6 +74,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "load_cifar10",
+    "load_image_folder",
     "mse_loss",
     "one_cycle",
     "predict",

@@ -5,7 +5,7 @@ the library's message (``--debug`` shows the traceback). The command owns its pr
 a library call it may change process-wide settings: it seeds torch and turns on
 :func:`~cifarkit.device.retain_cpu_memory`.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.loader, cifarkit.data, cifarkit.models,
+May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.folders, cifarkit.data, cifarkit.models,
 cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train,
 cifarkit.losses, cifarkit.schedules.
 """
@@ -21,13 +21,13 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
-from cifarkit.data import load_cifar10, synthetic_cifar10
+from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.device import Amp, resolve_device
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluation import evaluate
 from cifarkit.files import versions
+from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History
-from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
 from cifarkit.persist import inspect, load, save
@@ -43,35 +43,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _data(spec: str, *, train: bool, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _data(spec: str, *, train: bool, size: int, seed: int) -> ImageTensors:
     """``size`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split."""
     if spec == "synthetic":
-        data = synthetic_cifar10(size, seed=seed if train else seed + 1)
-    else:
-        data = load_cifar10(spec, train=train)
-    return data.images, data.labels, data.classes
+        return synthetic_cifar10(size, seed=seed if train else seed + 1)
+    return load_cifar10(spec, train=train)
 
 
-def _build(name: str) -> torch.nn.Module:
-    if name == "cnn":
-        return build_cnn()
-    if name == "cnn-relu":
-        return build_cnn(activation="relu")
-    model: torch.nn.Module = adapt_vgg16(strategy="replace")
-    return model
+def _train_and_held_out(args: argparse.Namespace) -> tuple[ImageTensors, ImageTensors]:
+    """The training images and the held-out ones evaluated after every epoch."""
+    if args.data != "synthetic" and is_image_folder(args.data):  # one sub-folder per class
+        fraction: float = args.val_fraction
+        return load_image_folder(args.data, size=args.image_size, val_fraction=fraction, seed=args.seed,
+                                 progress=not args.quiet)  # fmt: skip
+    eval_size = max(1, args.train_size // 5)  # synthetic held-out: a fifth of the training size
+    held_out = _data(args.data, train=False, size=eval_size, seed=args.seed)
+    return _data(args.data, train=True, size=args.train_size, seed=args.seed), held_out
+
+
+def _build(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    if args.model == "vgg16":
+        model: torch.nn.Module = adapt_vgg16(strategy="replace", num_classes=num_classes, weights=args.weights,
+                                             freeze_features=args.freeze_features)  # fmt: skip
+        return model
+    return build_cnn(num_classes, activation="relu" if args.model == "cnn-relu" else "none")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    images, labels, classes = _data(args.data, train=True, size=args.train_size, seed=args.seed)
-    eval_size = max(1, args.train_size // 5)  # held-out: a fifth of the training size
-    eval_images, eval_labels, _ = _data(args.data, train=False, size=eval_size, seed=args.seed)
-    train_data = TensorLoader(
-        images, labels, batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment
-    )
-    eval_data = TensorLoader(eval_images, eval_labels, batch_size=256, shuffle=False, device=device)
-    model = _build(args.model)
+    train, held_out = _train_and_held_out(args)
+    classes = train.classes
+    train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment)
+    eval_data = held_out.loader(batch_size=256, shuffle=False, device=device)
+    model = _build(args, len(classes))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
@@ -115,10 +120,14 @@ def _amp(value: str | None) -> Amp:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
-    images, labels, data_classes = _data(args.data, train=False, size=args.size, seed=0)
-    classes = inspect(args.file).class_names or data_classes  # the file's names first
+    saved_classes = inspect(args.file).class_names
+    if args.data != "synthetic" and is_image_folder(args.data):  # the file's classes, in its order
+        data = load_image_folder(args.data, size=args.image_size, classes=saved_classes)
+    else:
+        data = _data(args.data, train=False, size=args.size, seed=0)
+    classes = saved_classes or data.classes  # the file's names first
     device = resolve_device(args.device)
-    loader = TensorLoader(images, labels, batch_size=256, shuffle=False, device=device)
+    loader = data.loader(batch_size=256, shuffle=False, device=device)
     result = evaluate(model, loader, device=device)
     topk = "".join(f"  top-{k} {v:.2%}" for k, v in sorted(result.topk.items()) if k != 1)
     print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}{topk}  on {result.count} images")
@@ -131,9 +140,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
     classes = inspect(args.file).class_names  # reads names without unpickling anything
-    for image, pred in zip(args.images, predict(model, list(args.images), classes=classes, device=args.device)):
-        name = pred.label if pred.label is not None else f"class {pred.index}"
-        print(f"{image}: {name} ({pred.probability:.1%})")
+    preds = predict(model, list(args.images), classes=classes, device=args.device, top=args.top, size=args.image_size)
+    for image, pred in zip(args.images, preds):
+        ranked = ", ".join(f"{label if label is not None else f'class {i}'} ({p:.1%})" for i, label, p in pred.top)
+        print(f"{image}: {ranked}")
     return 0
 
 
@@ -157,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model and save it")
     train.add_argument("--model", choices=["cnn", "cnn-relu", "vgg16"], default="cnn")
-    train.add_argument("--data", default="synthetic", help="'synthetic' or a CIFAR-10 folder")
+    train.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic', a CIFAR-10 folder, or a folder with one sub-folder of images per class",
+    )
+    train.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="share of a folder's images held out")
+    train.add_argument("--weights", default=None, help="--model vgg16: 'imagenet' or a VGG16 state_dict file")
+    train.add_argument("--freeze-features", action="store_true", help="--model vgg16: train the head only")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=0.01)
@@ -181,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")
     ev.add_argument("file")
-    ev.add_argument("--data", default="synthetic")
+    ev.add_argument("--data", default="synthetic", help="'synthetic', a CIFAR-10 folder, or an image folder")
+    ev.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
     ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
@@ -191,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify image files")
     pr.add_argument("file")
     pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=int, default=1, help="how many classes to print, best first")
+    pr.add_argument("--image-size", type=int, default=32, help="side the pictures are resized to")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
     pr.set_defaults(func=_cmd_predict)
@@ -210,9 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "train_size", "size"):
+    for name in ("epochs", "batch_size", "train_size", "size", "top", "image_size"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "model", "vgg16") != "vgg16" and (args.weights is not None or args.freeze_features):
+        parser.error("--weights and --freeze-features go with --model vgg16")
+    if getattr(args, "model", "vgg16") != "vgg16" and args.image_size != 32:
+        parser.error(f"--model {args.model} takes 32x32 images: use --image-size 32, or --model vgg16")
     try:
         status: int = args.func(args)
     except (CifarkitError, OSError, ValueError) as exc:

@@ -46,14 +46,16 @@ class ImageTensors:
     """A whole image dataset in memory.
 
     Attributes:
-        images: uint8 tensor ``(N, 3, 32, 32)``.
+        images: uint8 tensor ``(N, 3, H, W)`` (32x32 for CIFAR-10).
         labels: int64 tensor ``(N,)``.
         classes: class names, indexed by label.
+        skipped: ``(file, reason)`` of the files a folder reader could not read.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -69,6 +71,16 @@ class ImageTensors:
     def loader(self, **options: Any) -> TensorLoader:
         """A :class:`TensorLoader` over this dataset (keyword options as for ``TensorLoader``)."""
         return TensorLoader(self.images, self.labels, **options)
+
+    def subset(self, indices: torch.Tensor) -> ImageTensors:
+        """The images at ``indices`` (a copy), with the same class names.
+
+        Example:
+            >>> data = synthetic_cifar10(10)
+            >>> len(data.subset(torch.tensor([0, 3])))
+            2
+        """
+        return ImageTensors(self.images[indices], self.labels[indices], list(self.classes))
 
 
 # --------------------------------------------------------------------------- real CIFAR-10

@@ -1,6 +1,6 @@
 """Classify one's own pictures with a trained model: the top class, its name and probability.
 
-May import: cifarkit.device, cifarkit.images, cifarkit.wrappers.
+May import: cifarkit.errors, cifarkit.device, cifarkit.images, cifarkit.wrappers.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cifarkit.device import resolve_device
+from cifarkit.errors import InvalidOptionError
 from cifarkit.images import image_batch
 from cifarkit.wrappers import unwrap_model
 
@@ -20,11 +21,13 @@ __all__ = ["Prediction", "predict"]
 
 @dataclass(frozen=True)
 class Prediction:
-    """The top class of one input: index, name (when known) and softmax probability."""
+    """The top class of one input: index, name (when known) and softmax probability; ``top`` holds
+    the ``top`` best ``(index, name, probability)``, best first."""
 
     index: int
     label: str | None
     probability: float
+    top: tuple[tuple[int, str | None, float], ...] = ()
 
 
 def predict(
@@ -34,6 +37,7 @@ def predict(
     classes: Sequence[str] | None = None,
     device: str | torch.device = "auto",
     size: int = 32,
+    top: int = 1,
 ) -> list[Prediction]:
     """Classify your own pictures: file paths, PIL images, or tensors ``(3, H, W)``/``(N, 3, H, W)``.
 
@@ -41,8 +45,12 @@ def predict(
     then resized to ``size`` x ``size`` (bilinear, antialiased) when needed. The model runs in
     eval mode under ``torch.inference_mode()``; its train/eval mode is restored afterwards.
 
+    Args:
+        top: How many classes each :class:`Prediction` lists in ``top``, best first.
+
     Raises:
         ImageReadError: a file is missing or not an image (the message names it).
+        InvalidOptionError: ``top`` outside 1 to the number of classes.
 
     Example:
         >>> import torch
@@ -63,9 +71,13 @@ def predict(
             probs = torch.softmax(inner(x.to(dev)).float(), dim=1).cpu()
     finally:
         inner.train(was_training)
-    top_p, top_i = probs.max(1)
-    names = list(classes) if classes is not None else None
-    return [
-        Prediction(int(i), names[int(i)] if names and int(i) < len(names) else None, float(p))
-        for p, i in zip(top_p, top_i)
-    ]
+    if not isinstance(top, int) or not 1 <= top <= probs.shape[1]:
+        msg = f"top={top!r} is not valid: the model has {probs.shape[1]} classes; use 1 to {probs.shape[1]}"
+        raise InvalidOptionError(msg)
+    names = list(classes) if classes is not None else []
+    top_p, top_i = probs.topk(top, dim=1)
+    preds = []
+    for ps, idx in zip(top_p.tolist(), top_i.tolist()):
+        ranked = tuple((i, names[i] if i < len(names) else None, p) for i, p in zip(idx, ps))
+        preds.append(Prediction(*ranked[0], top=ranked))
+    return preds

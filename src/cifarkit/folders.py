@@ -1,0 +1,257 @@
+"""Your own pictures: a folder with one sub-folder per class (torchvision's ``ImageFolder`` layout)
+read into memory as :class:`~cifarkit.data.ImageTensors`, in parallel, damaged files reported.
+
+Classes are discovered with torchvision's ``find_classes`` (sorted folder names, as
+``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
+The folder is only read, never written to.
+
+May import: cifarkit.errors, cifarkit.progress, cifarkit.data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import overload
+
+import numpy as np
+import torch
+
+from cifarkit.data import ImageTensors
+from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
+from cifarkit.progress import progress_bar
+
+__all__ = ["is_image_folder", "load_image_folder"]
+
+
+def _extensions() -> tuple[str, ...]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return (*IMG_EXTENSIONS, ".gif")
+
+
+def is_image_folder(root: str | os.PathLike[str]) -> bool:
+    """True when ``root`` has at least one sub-folder and is not a CIFAR-10 python folder.
+
+    Example:
+        >>> is_image_folder("/nonexistent")
+        False
+    """
+    base = Path(root)
+    if not base.is_dir() or (base / "batches.meta").is_file() or (base / "cifar-10-batches-py").is_dir():
+        return False
+    return any(entry.is_dir() for entry in base.iterdir())
+
+
+def _files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    # os.walk without following links: a symlink loop cannot send it round in circles.
+    found = []
+    for parent, dirs, names in os.walk(folder, followlinks=False):
+        dirs.sort()
+        found += [Path(parent) / n for n in sorted(names) if n.lower().endswith(extensions)]
+    return found
+
+
+def _read(path: Path, size: int) -> torch.Tensor:
+    """One picture as uint8 ``(3, size, size)``; raises ``ImageReadError`` with the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+                msg = (
+                    f"{width}x{height} pixels is over Pillow's decompression-bomb limit "
+                    f"({Image.MAX_IMAGE_PIXELS:,} pixels)"
+                )
+                raise ImageReadError(msg)
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+            rgb = img.convert("RGB")  # palette, RGBA, grayscale: RGB; a GIF: its first frame
+            # Pillow's filters antialias when they shrink
+            small = rgb.resize((size, size), Image.Resampling.BILINEAR) if rgb.size != (size, size) else rgb
+            return torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    except ImageReadError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a per-class split: ``round(n * fraction)`` of each class (at least one of a class
+    with two or more images) held out, drawn with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique(sorted=True).tolist():
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(len(idx) - 1, max(1 if len(idx) > 1 else 0, round(len(idx) * fraction)))
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+@overload
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    size: int = 32,
+    classes: Sequence[str] | None = None,
+    val_fraction: None = None,
+    seed: int = 0,
+    skip_errors: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ImageTensors: ...
+
+
+@overload
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    size: int = 32,
+    classes: Sequence[str] | None = None,
+    val_fraction: float,
+    seed: int = 0,
+    skip_errors: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> tuple[ImageTensors, ImageTensors]: ...
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    size: int = 32,
+    classes: Sequence[str] | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    skip_errors: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ImageTensors | tuple[ImageTensors, ImageTensors]:
+    """Read ``root/<class>/<image>`` into memory: uint8 images ``(N, 3, size, size)`` and labels.
+
+    Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` order), or
+    ``classes`` (those folders, in that order). PNG, JPEG, BMP, WebP, TIFF, PPM/PGM and GIF (first
+    frame) of any size are read; each is converted to RGB (RGBA, grayscale and palette images
+    too) and resized to ``size`` x ``size`` with antialiasing. Files are decoded by a thread pool.
+
+    A file that cannot be read (damaged, not an image, over Pillow's decompression-bomb limit)
+    is skipped with its reason in ``ImageTensors.skipped``, and a warning gives the count; with
+    ``skip_errors=False`` the first one raises. Nothing is written to the folder.
+
+    Args:
+        root: The folder holding one sub-folder per class.
+        size: Side of the square images, in pixels (32 for the tutorial's network).
+        classes: Class folders to use, in label order; default: all, sorted.
+        val_fraction: Hold out this share of each class (reproducibly, by ``seed``) and return
+            ``(train, val)``.
+        seed: Seed of the split.
+        skip_errors: Skip unreadable files (default) instead of raising.
+        workers: Decoding threads; default: twice the CPU count, at most 16.
+        progress: Show a progress bar (on a terminal or in Jupyter).
+
+    Returns:
+        An :class:`~cifarkit.data.ImageTensors`, or ``(train, val)`` with ``val_fraction``.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is missing, or a named class has no folder.
+        DatasetFormatError: no class folders, a single class, a class with no images, or every
+            image unreadable.
+        ImageReadError: an unreadable file with ``skip_errors=False`` (the message names it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name, colour in (("cat", "red"), ("dog", "blue")):
+        ...     (root / name).mkdir()
+        ...     Image.new("RGB", (48, 40), colour).save(root / name / "a.png")
+        >>> pictures = load_image_folder(root)
+        >>> pictures.classes, tuple(pictures.images.shape), pictures.labels.tolist()
+        (['cat', 'dog'], (2, 3, 32, 32), [0, 1])
+    """
+    base = Path(root)
+    if not base.is_dir():
+        msg = f"no folder at {base}: pass a folder holding one sub-folder of images per class"
+        raise DatasetNotFoundError(msg)
+    if not isinstance(size, int) or size < 1:
+        msg = f"size must be a positive int (pixels), got {size!r}"
+        raise InvalidOptionError(msg)
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        msg = f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}"
+        raise InvalidOptionError(msg)
+    names = _class_names(base, classes)
+    extensions = _extensions()
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(names):
+        found = _files(base / name, extensions)
+        if not found:
+            msg = f"class folder {base / name} holds no images ({', '.join(extensions)}); add some or remove the folder"
+            raise DatasetFormatError(msg)
+        files += [(path, label) for path in found]
+    images, labels, skipped = _decode(files, size, skip_errors=skip_errors, workers=workers, progress=progress)
+    if skipped:
+        shown = "; ".join(f"{path}: {why}" for path, why in skipped[:3])
+        warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read ({shown})", stacklevel=2)
+    if not images:
+        msg = f"none of the {len(files)} files under {base} could be read as an image"
+        raise DatasetFormatError(msg)
+    data = ImageTensors(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(names), skipped)
+    if val_fraction is None:
+        return data
+    train_idx, val_idx = _split(data.labels, val_fraction, seed)
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def _class_names(base: Path, classes: Sequence[str] | None) -> list[str]:
+    from torchvision.datasets.folder import find_classes
+
+    if classes is not None:
+        missing = [c for c in classes if not (base / c).is_dir()]
+        if missing:
+            msg = f"{base} has no folder for the classes {missing}; its folders are the class names"
+            raise DatasetNotFoundError(msg)
+        names = list(classes)
+    else:
+        try:
+            names, _ = find_classes(base)
+        except FileNotFoundError as exc:
+            msg = f"{base} has no class folders: put each class's images in a sub-folder named after it"
+            raise DatasetFormatError(msg) from exc
+    if len(names) < 2:
+        msg = f"{base} has a single class ({names[0]!r}); a classifier needs at least two class folders"
+        raise DatasetFormatError(msg)
+    return names
+
+
+def _decode(
+    files: list[tuple[Path, int]], size: int, *, skip_errors: bool, workers: int | None, progress: bool
+) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]]]:
+    threads = workers or min(16, 2 * (os.cpu_count() or 1))
+
+    def read(item: tuple[Path, int]) -> torch.Tensor | ImageReadError:
+        try:
+            return _read(item[0], size)
+        except ImageReadError as exc:
+            return exc
+
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = pool.map(read, files, chunksize=max(1, math.ceil(len(files) / (threads * 8))))
+        for (path, label), result in zip(files, progress_bar(results, desc="reading images", enabled=progress)):
+            if isinstance(result, ImageReadError):
+                if not skip_errors:
+                    msg = f"cannot read image {path}: {result}. Fix or remove it, or pass skip_errors=True"
+                    raise ImageReadError(msg) from result
+                skipped.append((str(path), str(result)))
+                continue
+            images.append(result)
+            labels.append(label)
+    return images, labels, skipped
