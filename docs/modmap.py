@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run records", ["history"]),
     ("checkpoints and the run logger", ["checkpoints", "monitor"]),
     ("distributed glue", ["distributed"]),
-    ("training helpers", ["meters", "steps", "stopping"]),
+    ("training helpers", ["meters", "steps", "stopping", "doctor"]),
     ("evaluation and prediction", ["evaluation", "prediction"]),
     ("the training loop", ["train"]),
     ("the command", ["cli"]),

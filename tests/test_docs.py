@@ -25,6 +25,7 @@ def test_the_guide_has_pages_with_examples() -> None:
         "monitoring",
         "architecture",
         "real-run",
+        "own-pictures",
     } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 

@@ -11,10 +11,10 @@ Example:
 The package is flat; each module holds one concern and imports only modules below it (the
 layers are listed in the guide's "How cifarkit is built" page and kept by a test).
 
-May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.errors,
-cifarkit.evaluation, cifarkit.folders, cifarkit.grads, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction, cifarkit.schedules,
-cifarkit.train (never cifarkit.cli).
+May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
+cifarkit.errors, cifarkit.evaluation, cifarkit.folders, cifarkit.grads, cifarkit.history,
+cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction,
+cifarkit.schedules, cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cifarkit import errors
 from cifarkit.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.diagnosis import Diagnosis
+from cifarkit.doctor import DoctorReport, doctor
 from cifarkit.evaluation import EvalResult, evaluate
 from cifarkit.folders import load_image_folder
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
@@ -47,6 +48,7 @@ __all__ = [
     "CifarCNN",
     "CrossEntropyLoss",
     "Diagnosis",
+    "DoctorReport",
     "EpochStats",
     "EvalResult",
     "FileInfo",
@@ -66,6 +68,7 @@ __all__ = [
     "cosine",
     "cross_entropy",
     "diagnose",
+    "doctor",
     "errors",
     "evaluate",
     "grad_report",

@@ -1,13 +1,13 @@
-"""The ``cifarkit`` command: train, evaluate, predict, inspect and plot.
+"""The ``cifarkit`` command: train, doctor, evaluate, predict, inspect and plot.
 
 Bad arguments exit with status 2 and a one-line message; library errors exit with status 1 and
 the library's message (``--debug`` shows the traceback). The command owns its process, so unlike
 a library call it may change process-wide settings: it seeds torch and turns on
 :func:`~cifarkit.device.retain_cpu_memory`.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.folders, cifarkit.data, cifarkit.models,
-cifarkit.persist, cifarkit.history, cifarkit.evaluation, cifarkit.prediction, cifarkit.train,
-cifarkit.losses, cifarkit.schedules.
+May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader,
+cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
+cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import torch.distributed as dist
 
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.device import Amp, resolve_device
+from cifarkit.doctor import doctor
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluation import evaluate
 from cifarkit.files import versions
 from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History
+from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
 from cifarkit.persist import inspect, load, save
@@ -69,17 +71,31 @@ def _build(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     return build_cnn(num_classes, activation="relu" if args.model == "cnn-relu" else "none")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer, TensorLoader, ImageTensors]:
+    """What ``train`` and ``doctor`` both build from the options: model, optimizer, data."""
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     train, held_out = _train_and_held_out(args)
-    classes = train.classes
     train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment)
-    eval_data = held_out.loader(batch_size=256, shuffle=False, device=device)
-    model = _build(args, len(classes))
+    model = _build(args, len(train.classes))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return model, optimizer, train_data, held_out
 
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    model, optimizer, train_data, _ = _setup(args)
+    loss_fn = CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    report = doctor(model, train_data, optimizer=optimizer, loss_fn=loss_fn, amp=_amp(args.amp), device=args.device)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    model, optimizer, train_data, held_out = _setup(args)
+    classes = held_out.classes
+    device = resolve_device(args.device)
+    eval_data = held_out.loader(batch_size=256, shuffle=False, device=device)
     started = time.perf_counter()
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
@@ -165,37 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarkit {versions()['cifarkit']}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train a model and save it")
-    train.add_argument("--model", choices=["cnn", "cnn-relu", "vgg16"], default="cnn")
-    train.add_argument(
+    run = _Parser(add_help=False)  # the options train and doctor share
+    run.add_argument("--model", choices=["cnn", "cnn-relu", "vgg16"], default="cnn")
+    run.add_argument(
         "--data",
         default="synthetic",
         help="'synthetic', a CIFAR-10 folder, or a folder with one sub-folder of images per class",
     )
-    train.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="share of a folder's images held out")
-    train.add_argument("--weights", default=None, help="--model vgg16: 'imagenet' or a VGG16 state_dict file")
-    train.add_argument("--freeze-features", action="store_true", help="--model vgg16: train the head only")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=0.01)
-    train.add_argument("--momentum", type=float, default=0.0)
-    train.add_argument("--device", default="auto")
-    train.add_argument("--out", default="model.pt", help="where to save the model")
-    train.add_argument("--train-size", type=int, default=10_000, help="synthetic images to train on")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--augment", action="store_true", help="random crop and flip")
-    train.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
+    run.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
+    run.add_argument("--val-fraction", type=float, default=0.2, help="share of a folder's images held out")
+    run.add_argument("--weights", default=None, help="--model vgg16: 'imagenet' or a VGG16 state_dict file")
+    run.add_argument("--freeze-features", action="store_true", help="--model vgg16: train the head only")
+    run.add_argument("--epochs", type=int, default=5)
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--lr", type=float, default=0.01)
+    run.add_argument("--momentum", type=float, default=0.0)
+    run.add_argument("--device", default="auto")
+    run.add_argument("--train-size", type=int, default=10_000, help="synthetic images to train on")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--augment", action="store_true", help="random crop and flip")
+    run.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
                        help="mixed precision: the device's best, or bf16/fp16 by name")  # fmt: skip
-    train.add_argument("--schedule", choices=["none", "onecycle", "cosine"], default="none",
+    run.add_argument("--schedule", choices=["none", "onecycle", "cosine"], default="none",
                        help="learning-rate schedule, stepped per batch (--lr is its peak)")  # fmt: skip
-    train.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up of --schedule cosine")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--label-smoothing", type=float, default=0.0)
+    run.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up of --schedule cosine")
+    run.add_argument("--weight-decay", type=float, default=0.0)
+    run.add_argument("--label-smoothing", type=float, default=0.0)
+    run.add_argument("--quiet", action="store_true", help="no progress bar: epoch lines only")
+    train = sub.add_parser("train", parents=[run], help="train a model and save it")
+    train.add_argument("--out", default="model.pt", help="where to save the model")
     train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
     train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
-    train.add_argument("--quiet", action="store_true", help="no progress bar: epoch lines only")
     train.set_defaults(func=_cmd_train)
+    check = sub.add_parser("doctor", parents=[run], help="check a training set-up before the run (train's options)")
+    check.set_defaults(func=_cmd_doctor)
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")
     ev.add_argument("file")

@@ -1,0 +1,115 @@
+"""The pre-flight doctor: each trap named with its fix, a sound set-up clean, the caller's model untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cifarkit import adapt_vgg16, build_cnn, doctor, synthetic_cifar10
+from cifarkit.cli import main
+from cifarkit.device import cpu_supports_bf16
+from cifarkit.errors import EmptyDataError
+
+
+def loader(n: int = 64, **kw: Any) -> Any:
+    return synthetic_cifar10(n, seed=0).loader(batch_size=32, seed=0, **kw)
+
+
+def sgd(model: nn.Module, lr: float = 0.01) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+
+
+def codes(report: Any) -> list[str]:
+    return [f.code for f in report.problems]
+
+
+def test_a_sound_set_up_has_no_problems_and_nothing_is_touched() -> None:
+    model = build_cnn(activation="relu")
+    optimizer = sgd(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = doctor(model, loader(), optimizer=optimizer)
+    assert report.ok and str(report) == "no problems found"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert optimizer.state == {} and all(p.grad is None for p in model.parameters())
+
+
+def test_the_tutorial_network_has_no_nonlinearity() -> None:
+    model = build_cnn()
+    report = doctor(model, loader(), optimizer=sgd(model))
+    assert codes(report) == ["no-nonlinearity"]
+    assert "build_cnn(activation='relu')" in report.problems[0].fix and "1 problem(s) found" in str(report)
+
+    class Functional(nn.Module):  # activations applied with F.relu in forward, not as modules
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3 * 32 * 32, 16), nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.nn.functional.relu(self.a(x.flatten(1))))
+
+    assert doctor(Functional(), loader()).ok
+    assert doctor(adapt_vgg16(strategy="append"), loader(32)).ok  # ReLUs elsewhere: not flagged
+
+
+def test_unscaled_inputs() -> None:
+    data = synthetic_cifar10(32, seed=0)
+    as_bytes = [(data.images, data.labels)]
+    as_floats = [(data.images.float(), data.labels)]  # 0-255 floats
+    model = build_cnn(activation="relu")
+    assert "inputs-not-scaled" in codes(doctor(model, as_bytes))
+    assert "inputs-not-scaled" in codes(doctor(model, as_floats))
+    assert doctor(model, [(data.images.float() / 255, data.labels)]).ok
+
+
+def test_labels_one_based_or_out_of_range() -> None:
+    x = torch.rand(8, 3, 32, 32)
+    one_based = [(x, torch.tensor([1, 2, 3, 4, 5, 6, 7, 10]))]
+    assert codes(doctor(build_cnn(activation="relu"), one_based)) == ["labels-one-based"]
+    wide = [(x, torch.tensor([0, 1, 2, 3, 4, 5, 6, 12]))]
+    model = build_cnn(activation="relu")
+    report = doctor(model, wide, optimizer=sgd(model))
+    assert codes(report) == ["labels-out-of-range"] and "num_classes=13" in report.problems[0].fix
+
+
+def test_an_optimizer_built_on_another_model() -> None:
+    report = doctor(build_cnn(activation="relu"), loader(), optimizer=sgd(build_cnn(activation="relu")))
+    assert codes(report) == ["optimizer-not-on-model"] and "10 of the optimizer's parameters" in str(report)
+
+
+def test_a_learning_rate_that_explodes() -> None:
+    model = build_cnn(activation="relu")
+    report = doctor(model, loader(), optimizer=sgd(model, lr=50.0))
+    assert codes(report) == ["loss-explodes"] and "lr=50.0" in report.problems[0].message
+
+
+def test_frozen_parameters_given_to_the_optimizer() -> None:
+    model = build_cnn(activation="relu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for p in model.sequential[0].parameters():
+        p.requires_grad_(False)
+    report = doctor(model, loader(), optimizer=optimizer)
+    assert codes(report) == ["frozen-params-in-optimizer"] and "sequential.0.weight" in report.problems[0].message
+
+
+def test_eval_mode_batch_size_and_amp() -> None:
+    model = build_cnn(activation="relu").eval()
+    assert codes(doctor(model, loader())) == ["model-in-eval-mode"]
+    assert not model.training  # the caller's mode is not changed
+    big = synthetic_cifar10(20, seed=0).loader(batch_size=64)
+    assert codes(doctor(build_cnn(activation="relu"), big)) == ["batch-larger-than-data"]
+    dataset = TensorDataset(torch.rand(10, 3, 32, 32), torch.randint(0, 10, (10,)))
+    assert codes(doctor(build_cnn(activation="relu"), DataLoader(dataset, batch_size=16))) == ["batch-larger-than-data"]
+    assert ("amp-emulated" in codes(doctor(build_cnn(activation="relu"), loader(), amp=True))) != cpu_supports_bf16()
+    with pytest.raises(EmptyDataError):
+        doctor(build_cnn(), [])
+
+
+def test_the_command_exits_1_on_problems_and_0_without(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--train-size", "128"]) == 1
+    assert "no-nonlinearity" in capsys.readouterr().out
+    assert main(["doctor", "--model", "cnn-relu", "--momentum", "0.9", "--train-size", "128"]) == 0
+    assert capsys.readouterr().out.strip() == "no problems found"
