@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
     ("leaf helpers", ["tables", "figures", "wrappers", "device", "losses", "progress", "schedules"]),
-    ("files, diagnoses, gradients", ["files", "diagnosis", "grads"]),
+    ("files, diagnoses, gradients", ["files", "diagnosis", "grads", "preprocess"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),
     ("your own pictures", ["folders"]),

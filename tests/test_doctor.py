@@ -13,6 +13,7 @@ from cifarkit import adapt_vgg16, build_cnn, doctor, synthetic_cifar10
 from cifarkit.cli import main
 from cifarkit.device import cpu_supports_bf16
 from cifarkit.errors import EmptyDataError
+from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
 
 
 def loader(n: int = 64, **kw: Any) -> Any:
@@ -113,3 +114,14 @@ def test_the_command_exits_1_on_problems_and_0_without(capsys: pytest.CaptureFix
     assert "no-nonlinearity" in capsys.readouterr().out
     assert main(["doctor", "--model", "cnn-relu", "--momentum", "0.9", "--train-size", "128"]) == 0
     assert capsys.readouterr().out.strip() == "no problems found"
+
+
+def test_inputs_not_normalized_as_the_model_records() -> None:
+    model = build_cnn(activation="relu")
+    set_preprocessing(model, make_record(mean=IMAGENET_MEAN, std=IMAGENET_STD))  # as pretrained VGG16 has
+    report = doctor(model, loader())
+    assert codes(report) == ["inputs-not-normalized"] and "ImageNet's" in report.problems[0].message
+    assert doctor(model, loader(normalize=(IMAGENET_MEAN, IMAGENET_STD))).ok
+    data = synthetic_cifar10(32, seed=0)
+    plain = [(data.images.float() / 255, data.labels)]  # a plain list in [0, 1]: not normalized
+    assert codes(doctor(model, plain)) == ["inputs-not-normalized"]

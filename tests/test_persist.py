@@ -47,7 +47,9 @@ def test_state_dict_file_is_plain_torch_and_documented(tmp_path: Path) -> None:
     model = build_cnn(activation="relu")
     path = save(model, tmp_path / "m.pt", classes=["a"] * 10)
     raw = torch.load(path, weights_only=True)  # no cifarkit needed to read it
-    assert set(raw) == {"format", "format_version", "state_dict", "build", "classes", "versions", "sha256"}
+    assert set(raw) == {"format", "format_version", "state_dict", "build", "classes", "preprocess", "versions",
+                        "sha256", "meta_sha256"}  # fmt: skip
+    assert raw["preprocess"] is None  # a freshly built model was trained on nothing yet
     assert raw["format"] == "cifarkit.state_dict" and raw["format_version"] == 1
     assert raw["build"] == {"builder": "build_cnn", "kwargs": {"num_classes": 10, "activation": "relu", "dropout": 0.0}}
     assert raw["versions"]["torch"] == str(torch.__version__)

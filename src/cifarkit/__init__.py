@@ -14,7 +14,7 @@ layers are listed in the guide's "How cifarkit is built" page and kept by a test
 May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
 cifarkit.errors, cifarkit.evaluation, cifarkit.folders, cifarkit.grads, cifarkit.history,
 cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction,
-cifarkit.schedules, cifarkit.train (never cifarkit.cli).
+cifarkit.preprocess, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1
 from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
 from cifarkit.persist import FileInfo, diagnose, inspect, load, save
 from cifarkit.prediction import Prediction, predict
+from cifarkit.preprocess import preprocessing_of
 from cifarkit.schedules import cosine, one_cycle
 from cifarkit.train import train_loop, train_one_epoch
 
@@ -81,6 +82,7 @@ __all__ = [
     "mse_loss",
     "one_cycle",
     "predict",
+    "preprocessing_of",
     "save",
     "save_checkpoint",
     "summary",

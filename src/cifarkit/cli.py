@@ -7,7 +7,8 @@ a library call it may change process-wide settings: it seeds torch and turns on
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader,
 cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
-cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules.
+cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules,
+cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
 from cifarkit.persist import inspect, load, save
 from cifarkit.prediction import predict
+from cifarkit.preprocess import preprocessing_of
 from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
 
@@ -63,6 +65,12 @@ def _train_and_held_out(args: argparse.Namespace) -> tuple[ImageTensors, ImageTe
     return _data(args.data, train=True, size=args.train_size, seed=args.seed), held_out
 
 
+def _normalization(model: torch.nn.Module) -> tuple[list[float], list[float]] | None:
+    """The ``(mean, std)`` the model's preprocessing record asks for, if any."""
+    record = preprocessing_of(model)
+    return (record["mean"], record["std"]) if record is not None and record.get("mean") is not None else None
+
+
 def _build(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     if args.model == "vgg16":
         model: torch.nn.Module = adapt_vgg16(strategy="replace", num_classes=num_classes, weights=args.weights,
@@ -76,8 +84,10 @@ def _setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optim
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     train, held_out = _train_and_held_out(args)
-    train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment)
     model = _build(args, len(train.classes))
+    norm = _normalization(model)  # pretrained VGG16: ImageNet's mean and std
+    train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment,
+                              normalize=norm)  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     return model, optimizer, train_data, held_out
@@ -95,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model, optimizer, train_data, held_out = _setup(args)
     classes = held_out.classes
     device = resolve_device(args.device)
-    eval_data = held_out.loader(batch_size=256, shuffle=False, device=device)
+    eval_data = held_out.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
     started = time.perf_counter()
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
@@ -143,7 +153,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = _data(args.data, train=False, size=args.size, seed=0)
     classes = saved_classes or data.classes  # the file's names first
     device = resolve_device(args.device)
-    loader = data.loader(batch_size=256, shuffle=False, device=device)
+    loader = data.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
     result = evaluate(model, loader, device=device)
     topk = "".join(f"  top-{k} {v:.2%}" for k, v in sorted(result.topk.items()) if k != 1)
     print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}{topk}  on {result.count} images")

@@ -16,9 +16,12 @@ code                       what it means
 ``amp-emulated``           ``amp`` on a CPU without native bf16: much slower than fp32
 ``model-in-eval-mode``     the model is in eval mode (dropout and batch norm behave as at test)
 ``batch-larger-than-data`` the batch size exceeds the number of images
+``inputs-not-normalized``  the model's preprocessing record asks for a normalization (ImageNet's,
+                           for pretrained VGG16) that the data does not apply
 ========================== ==================================================================
 
-May import: cifarkit.errors, cifarkit.device, cifarkit.losses, cifarkit.tables, cifarkit.wrappers.
+May import: cifarkit.errors, cifarkit.device, cifarkit.losses, cifarkit.tables, cifarkit.wrappers,
+cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 from cifarkit.device import Amp, amp_dtype, autocast, cpu_supports_bf16, move_batch, resolve_device
 from cifarkit.errors import EmptyDataError
 from cifarkit.losses import CrossEntropyLoss
+from cifarkit.preprocess import IMAGENET_MEAN, Preprocess, preprocessing_of
 from cifarkit.tables import format_table
 from cifarkit.wrappers import unwrap_model
 
@@ -135,6 +139,7 @@ def doctor(
     x, y = batch
     found: list[Finding] = []
     found += _check_inputs(x)
+    found += _check_normalization(data, x, preprocessing_of(inner))
     probe = copy.deepcopy(inner).to(dev).train()
     x_in, y_in = move_batch(x.float() if not x.is_floating_point() else x, y, dev, torch.contiguous_format)
     log = _CallLog()
@@ -183,6 +188,28 @@ def _check_inputs(x: torch.Tensor) -> list[Finding]:
                 "inputs-not-scaled",
                 f"the batch's values reach {top:.0f}: 0-255 pixels as floats",
                 "divide by 255 (and normalize with the dataset's mean and std if the model expects it)",
+            )
+        ]
+    return []
+
+
+def _check_normalization(data: Iterable[Any], x: torch.Tensor, record: Preprocess | None) -> list[Finding]:
+    if record is None or record.get("mean") is None or not x.is_floating_point():
+        return []
+    expected = (record["mean"], record["std"])
+    imagenet = " (ImageNet's, for pretrained weights)" if tuple(record["mean"]) == IMAGENET_MEAN else ""
+    if hasattr(data, "normalize_values"):
+        given = data.normalize_values
+        wrong = given is None or (list(given[0]), list(given[1])) != (list(expected[0]), list(expected[1]))
+    else:  # a plain loader: pixels still in [0, 1] mean no normalization was applied
+        given = "none (values in [0, 1])"
+        wrong = x.numel() > 0 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    if wrong:
+        return [
+            Finding(
+                "inputs-not-normalized",
+                f"the model expects mean {expected[0]}, std {expected[1]}{imagenet}; the data gives {given}",
+                f"build the loader with normalize=({expected[0]}, {expected[1]})",
             )
         ]
     return []

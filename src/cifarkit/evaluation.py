@@ -1,13 +1,14 @@
 """How good is a model: mean loss and accuracy over held-out data.
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
-cifarkit.distributed, cifarkit.meters, cifarkit.figures, cifarkit.tables.
+cifarkit.distributed, cifarkit.meters, cifarkit.figures, cifarkit.tables, cifarkit.preprocess.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from cifarkit.figures import new_figure, save_or_return
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.meters import ClassMeter, Meter
+from cifarkit.preprocess import Preprocess, preprocessing_of, to_model_input
 from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
 
@@ -173,6 +175,8 @@ def evaluate(
     fmt = place_model(inner, dev, channels_last)
     batches = shard_data(match_memory_format(data, dev, fmt), ctx, pad=False)
     loss_fn = loss_fn or CrossEntropyLoss()
+    record = preprocessing_of(inner)
+    _warn_if_normalization_differs(data, record)
     meter = Meter(dev)
     classes: ClassMeter | None = None  # sized at the first batch, from the logits
     dtype = amp_dtype(amp, dev)
@@ -182,6 +186,8 @@ def evaluate(
         with torch.inference_mode(), autocast(dev, dtype):
             for x, y in batches:
                 x, y = move_batch(x, y, dev, fmt)
+                if not x.is_floating_point():  # raw uint8 pixels: scale and normalize as recorded
+                    x = to_model_input(x, record)
                 out = inner(x)
                 meter.add(loss_fn(out, y), out, y)
                 if classes is None:
@@ -203,6 +209,19 @@ def evaluate(
         per_class_accuracy=counts.per_class_accuracy,
         confusion=counts.confusion,
     )
+
+
+def _warn_if_normalization_differs(data: Iterable[Batch], record: Preprocess | None) -> None:
+    if record is None or not hasattr(data, "normalize_values"):  # no record, or a loader that does not say
+        return
+    given = data.normalize_values
+    recorded = (record.get("mean"), record.get("std")) if record.get("mean") is not None else None
+    if (tuple(given) if given is not None else None) != recorded:
+        warnings.warn(
+            f"the evaluation loader normalizes with {given} (mean, std) but the model was trained with "
+            f"{recorded}: build the loader with normalize={recorded}",
+            stacklevel=3,
+        )
 
 
 def _default_topk(num_classes: int) -> tuple[int, ...]:

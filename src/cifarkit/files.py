@@ -13,9 +13,13 @@ File layout of a cifarkit model file (``save(model, path)``), readable with plai
         "state_dict": {name: Tensor},      # CPU, contiguous
         "build": {"builder": ..., "kwargs": {...}} or None,
         "classes": [str, ...] or None,
+        "preprocess": {...} or None,       # the preprocessing record (cifarkit.preprocess)
         "versions": {"cifarkit": str, "torch": str},
         "sha256": str,                     # hex digest of the tensor payload (see tensor_digest)
+        "meta_sha256": str,                # of build, classes and preprocess (see meta_digest)
     }
+
+Files written before ``preprocess`` and ``meta_sha256`` existed load as before.
 
 May import: cifarkit.errors.
 """
@@ -51,6 +55,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "atomic_write",
+    "meta_digest",
     "read_payload",
     "read_safetensors",
     "read_state_dict",
@@ -152,6 +157,17 @@ def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
         if tensor.numel():
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def meta_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of the payload's build record, class names and preprocessing record, as canonical JSON.
+
+    Example:
+        >>> meta_digest({"build": None, "classes": ["a"]}) == meta_digest({"classes": ["a"], "build": None})
+        True
+    """
+    fields = {key: payload.get(key) for key in ("build", "classes", "preprocess")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -280,6 +296,7 @@ def read_safetensors(path: Path) -> dict[str, Any]:
         meta = header.get("__metadata__") or {}
         build = json.loads(meta["build"]) if "build" in meta else None
         classes = json.loads(meta["classes"]) if "classes" in meta else None
+        preprocess = json.loads(meta["preprocess"]) if "preprocess" in meta else None
         file_versions = json.loads(meta["versions"]) if "versions" in meta else {}
     except Exception as exc:
         msg = f"{path} is a damaged safetensors file ({type(exc).__name__}: {exc})"
@@ -291,8 +308,10 @@ def read_safetensors(path: Path) -> dict[str, Any]:
         "state_dict": state_dict,
         "build": build,
         "classes": classes,
+        "preprocess": preprocess,
         "versions": file_versions,
         "sha256": meta.get("sha256"),
+        "meta_sha256": meta.get("meta_sha256"),
     }
 
 
@@ -319,6 +338,13 @@ def _verified(obj: Mapping[str, Any], path: PathLike) -> dict[str, torch.Tensor]
         msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
         raise CorruptCheckpointError(msg)
     state_dict = cast("dict[str, torch.Tensor]", state_dict)
+    meta = obj.get("meta_sha256")
+    if meta is not None and meta_digest(obj) != meta:
+        msg = (
+            f"{path} fails its checksum: its build record, class names or preprocessing record changed "
+            "after it was saved. Restore it from a good copy or re-save the model."
+        )
+        raise CorruptCheckpointError(msg)
     expected = obj.get("sha256")
     if expected is not None and tensor_digest(state_dict) != expected:
         msg = (

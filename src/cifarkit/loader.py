@@ -7,7 +7,7 @@ converted to float32 per batch (the airbench approach): no per-image Python, no 
 less memory than float. Plain iterables of ``(x, y)`` batches (a list, a generator, a
 ``DataLoader``) are accepted everywhere a loader is.
 
-May import: cifarkit.errors.
+May import: cifarkit.errors, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError
+from cifarkit.preprocess import Preprocess, make_record
 
 __all__ = ["Batch", "Loader", "TensorLoader", "check_not_empty", "match_memory_format", "set_epoch"]
 
@@ -93,6 +94,11 @@ def match_memory_format(data: Iterable[Batch], device: torch.device, fmt: torch.
     if isinstance(data, Loader) and data.device == device and data.memory_format != fmt:
         return data.with_options(memory_format=fmt)
     return data
+
+
+def _as_given(values: Sequence[float] | torch.Tensor) -> list[float]:
+    """Python floats, through float64: 0.13 stays 0.13."""
+    return [float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()]
 
 
 def _as_stats(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
@@ -189,6 +195,8 @@ class TensorLoader:
             if normalize is None
             else (_as_stats(normalize[0], "mean").to(self.device), _as_stats(normalize[1], "std").to(self.device))
         )
+        # The numbers as given (0.13, not float32's 0.12999999523): they go into model files.
+        self.normalize_values = None if normalize is None else (_as_given(normalize[0]), _as_given(normalize[1]))
         self._shard = _Shard()
 
     # -- configuration ----------------------------------------------------------------
@@ -231,6 +239,20 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         """Select the order (and augmentation) of epoch ``epoch``."""
         self.epoch = int(epoch)
+
+    def preprocessing(self, classes: Sequence[str] | None = None) -> Preprocess:
+        """The preprocessing record of a model trained on these batches (input size, scaling,
+        normalization as given), for :func:`~cifarkit.train.train_loop` to attach to the model.
+
+        Example:
+            >>> loader = TensorLoader(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2), seed=0,
+            ...                       normalize=((0.13,), (0.3,)))
+            >>> record = loader.preprocessing()
+            >>> record["input_size"], record["mean"], record["std"]
+            ([8, 8], [0.13], [0.3])
+        """
+        mean, std = self.normalize_values if self.normalize_values is not None else (None, None)
+        return make_record(input_size=[int(v) for v in self.images.shape[-2:]], mean=mean, std=std, classes=classes)
 
     def state_dict(self) -> dict[str, int]:
         """The seed and epoch: with them a resumed run draws the same batches (checkpoints keep it).

@@ -4,7 +4,8 @@ Every model built here remembers how it was built (a small JSON-serialisable
 :class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.tables, cifarkit.wrappers.
+May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.tables, cifarkit.wrappers,
+cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cifarkit.errors import (
     check_choice,
 )
 from cifarkit.files import read_state_dict
+from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
 from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
 
@@ -270,6 +272,8 @@ def adapt_vgg16(
         apply_state_dict(model, _imagenet_state_dict(progress), strict=True, source="the ImageNet cache")
     elif weights is not None:
         apply_state_dict(model, read_state_dict(weights), strict=True, source=os.fspath(weights))
+    if weights is not None:  # pretrained features expect ImageNet's normalization: say so
+        set_preprocessing(model, make_record(input_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
     if strategy == "replace":
         model.classifier[6] = nn.Linear(4096, num_classes)

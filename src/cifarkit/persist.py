@@ -9,7 +9,7 @@ the new one is complete on disk. ``load`` rebuilds the model from its record wit
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.models, cifarkit.tables,
-cifarkit.wrappers.
+cifarkit.wrappers, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cifarkit.diagnosis import Diagnosis, diagnose_state_dict
 from cifarkit.diagnosis import apply_state_dict as apply_state_dict
 from cifarkit.errors import (
     MissingExtraError,
+    ModelRecordError,
     NonFiniteWeightsError,
     UnsafeLoadError,
     WeightsOnlyFileError,
@@ -39,6 +40,7 @@ from cifarkit.files import (
     CHECKPOINT_FORMAT,
     FORMAT,
     FORMAT_VERSION,
+    meta_digest,
     read_payload,
     read_safetensors,
     sniff,
@@ -51,6 +53,7 @@ from cifarkit.files import atomic_write as atomic_write
 from cifarkit.files import read_state_dict as read_state_dict
 from cifarkit.files import tensor_digest as tensor_digest
 from cifarkit.models import BuildRecord, get_build_record, rebuild
+from cifarkit.preprocess import Preprocess, preprocessing_of, set_preprocessing, validate_record
 from cifarkit.tables import format_table
 from cifarkit.wrappers import unwrap_model
 
@@ -99,15 +102,23 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def state_payload(model: nn.Module, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """The dict :func:`save` writes (method ``"state_dict"``); checkpoints embed it as their model."""
     state_dict = _cpu_state_dict(model)
-    return {
+    record = preprocessing_of(model)
+    if classes is None and record is not None:
+        classes = record.get("classes")
+    if record is not None and classes is not None:
+        record["classes"] = [str(c) for c in classes]
+    payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "state_dict": state_dict,
         "build": get_build_record(model),
         "classes": None if classes is None else [str(c) for c in classes],
+        "preprocess": record,
         "versions": versions(),
         "sha256": tensor_digest(state_dict),
     }
+    payload["meta_sha256"] = meta_digest(payload)
+    return payload
 
 
 def _safetensors_bytes(model: nn.Module, classes: Sequence[str] | None) -> bytes:
@@ -122,6 +133,8 @@ def _safetensors_bytes(model: nn.Module, classes: Sequence[str] | None) -> bytes
         "format_version": str(FORMAT_VERSION),
         "build": json.dumps(payload["build"]),
         "classes": json.dumps(payload["classes"]),
+        "preprocess": json.dumps(payload["preprocess"]),
+        "meta_sha256": payload["meta_sha256"],
         "versions": json.dumps(payload["versions"]),
         "sha256": payload["sha256"],
     }
@@ -206,6 +219,20 @@ def diagnose(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, torch
     return diagnose_state_dict(model, state_dict)
 
 
+def _file_preprocess(obj: Any, path: PathLike) -> Preprocess | None:
+    """The validated preprocessing record of a cifarkit payload (or a checkpoint's model), if any."""
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        obj = obj.get("model")
+    record = obj.get("preprocess") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
+    if record is None:
+        return None
+    try:
+        return validate_record(record)
+    except ModelRecordError as exc:
+        msg = f"{path}: {exc}"
+        raise ModelRecordError(msg) from exc
+
+
 def load(
     path: PathLike,
     *,
@@ -256,6 +283,7 @@ def load(
         apply_state_dict(model, obj.state_dict(), strict=strict, source=os.fspath(path))
         return model
     state_dict, record = weights_and_record(obj, path)
+    preprocess = _file_preprocess(obj, path)
     if model is None:
         if record is None:
             msg = (
@@ -266,6 +294,8 @@ def load(
             raise WeightsOnlyFileError(msg)
         model = rebuild(record)
     apply_state_dict(model, state_dict, strict=strict, source=os.fspath(path))
+    if preprocess is not None:
+        set_preprocessing(model, preprocess)
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
     return model
@@ -289,6 +319,7 @@ class FileInfo:
     references: list[str]
     class_names: list[str] | None = None
     epoch: int | None = None
+    preprocess: Preprocess | None = None
 
     def __str__(self) -> str:
         rows = [
@@ -302,6 +333,10 @@ class FileInfo:
         ]
         if self.class_names:
             rows.append(("class names", ", ".join(self.class_names)))
+        if self.preprocess is not None:
+            p = self.preprocess
+            norm = f"mean {p.get('mean')}, std {p.get('std')}" if p.get("mean") is not None else "none"
+            rows.append(("preprocessing", f"size {p.get('input_size') or 'any'}, {p.get('scale')}, normalize: {norm}"))
         if self.references:
             rows.append(("pickled classes", ", ".join(self.references)))
         if self.epoch is not None:
@@ -371,5 +406,6 @@ def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileI
         versions=dict(versions or {}),
         references=[],
         class_names=list(names) if isinstance(names, list) else None,
+        preprocess=_file_preprocess(inner, file),
         epoch=epoch,
     )

@@ -1,6 +1,6 @@
 """Classify one's own pictures with a trained model: the top class, its name and probability.
 
-May import: cifarkit.errors, cifarkit.device, cifarkit.images, cifarkit.wrappers.
+May import: cifarkit.errors, cifarkit.device, cifarkit.images, cifarkit.wrappers, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import nn
 from cifarkit.device import resolve_device
 from cifarkit.errors import InvalidOptionError
 from cifarkit.images import image_batch
+from cifarkit.preprocess import normalize, preprocessing_of
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["Prediction", "predict"]
@@ -36,13 +37,16 @@ def predict(
     *,
     classes: Sequence[str] | None = None,
     device: str | torch.device = "auto",
-    size: int = 32,
+    size: int | None = None,
     top: int = 1,
 ) -> list[Prediction]:
     """Classify your own pictures: file paths, PIL images, or tensors ``(3, H, W)``/``(N, 3, H, W)``.
 
     uint8 tensors and images are scaled to [0, 1] (as :class:`~cifarkit.loader.TensorLoader` does),
-    then resized to ``size`` x ``size`` (bilinear, antialiased) when needed. The model runs in
+    resized to ``size`` x ``size`` (bilinear, antialiased) when needed, and normalized as the
+    model's preprocessing record says (see :mod:`cifarkit.preprocess`); ``size`` and ``classes``
+    default to the record's (else 32 and no names), so a model loaded from its file answers as
+    it did in training. The model runs in
     eval mode under ``torch.inference_mode()``; its train/eval mode is restored afterwards.
 
     Args:
@@ -60,9 +64,13 @@ def predict(
         (2, True)
     """
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    x = image_batch(items, size=size)  # (N, 3, size, size) float in [0, 1]
-    dev = resolve_device(device)
     inner = unwrap_model(model)
+    record = preprocessing_of(inner) or {}
+    recorded_size = record.get("input_size")
+    side = size if size is not None else recorded_size[0] if recorded_size else 32
+    x = normalize(image_batch(items, size=side), record)  # (N, 3, side, side), as the model was trained
+    classes = classes if classes is not None else record.get("classes")
+    dev = resolve_device(device)
     inner.to(dev)
     was_training = inner.training
     inner.eval()

@@ -8,7 +8,8 @@ a :class:`~cifarkit.distributed.DistContext`).
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
 cifarkit.history, cifarkit.checkpoints, cifarkit.monitor, cifarkit.distributed, cifarkit.progress,
-cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.stopping, cifarkit.evaluation, and
+cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.stopping, cifarkit.evaluation,
+cifarkit.preprocess, and
 (re-exported for older imports) cifarkit.prediction.
 
 Names that lived here before 0.2 (``History``, ``EpochStats``, ``evaluate``, ``EvalResult``,
@@ -51,6 +52,7 @@ from cifarkit.meters import Meter
 from cifarkit.monitor import RunLogger
 from cifarkit.prediction import Prediction as Prediction
 from cifarkit.prediction import predict as predict
+from cifarkit.preprocess import Preprocess, preprocessing_of, set_preprocessing
 from cifarkit.progress import Progress, ProgressReport
 from cifarkit.schedules import Interval, Scheduler, check_scheduler, interval_of
 from cifarkit.steps import OptimizerStep, check_accumulate
@@ -219,6 +221,7 @@ def train_loop(
     best_checkpoint: str | os.PathLike[str] | None = None,
     accumulate: int = 1,
     classes: list[str] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the per-epoch :class:`History`.
 
@@ -278,7 +281,10 @@ def train_loop(
         best_checkpoint: A model file (``cifarkit.load``-able) rewritten each time ``monitor``
             improves.
         accumulate: Batches whose gradients are summed (losses divided by it) before one step.
-        classes: Class names stored in ``best_checkpoint``.
+        classes: Class names, kept in the model's preprocessing record (and so in its files).
+        preprocess: The preprocessing record to attach to the model (see
+            :mod:`cifarkit.preprocess`); default: the loader's (``TensorLoader.preprocessing()``:
+            input size and ``normalize=`` as given), so the model's files say how to feed it.
 
     Raises:
         InvalidOptionError: a scheduler built on another optimizer, ``monitor`` naming a figure
@@ -314,6 +320,7 @@ def train_loop(
     report = ProgressReport(progress, enabled=ctx.is_main)
     logger = RunLogger(log_dir, enabled=ctx.is_main) if log_dir is not None else None  # fails before training
     inner = unwrap_model(model)
+    _attach_preprocessing(inner, data, preprocess, classes)
     fmt = place_model(inner, ctx.device, channels_last)
     loss_fn = loss_fn or CrossEntropyLoss()
     if optimizer is None:
@@ -382,6 +389,21 @@ def train_loop(
         if logger is not None:
             logger.close()
     return history
+
+
+def _attach_preprocessing(
+    model: nn.Module, data: Iterable[Batch], record: Preprocess | None, classes: list[str] | None
+) -> None:
+    """Record what the model is trained on: the given record, else the loader's; class names too."""
+    from_loader = getattr(data, "preprocessing", None)
+    if record is None and callable(from_loader):
+        record = from_loader(classes)
+    if record is None:
+        record = preprocessing_of(model)
+        if record is None or classes is None:
+            return
+        record["classes"] = list(classes)
+    set_preprocessing(model, record)
 
 
 def _step_per_epoch(scheduler: Scheduler, stats: EpochStats, monitor: str | None) -> None:

@@ -1,0 +1,148 @@
+"""The preprocessing record: what a model expects its input to be, carried with the model and in
+every model file, so that prediction and evaluation feed it what it was trained on.
+
+A record is plain JSON::
+
+    {"input_size": [32, 32], "channels": "RGB", "scale": "uint8 / 255",
+     "mean": [0.5, 0.5, 0.5] or None, "std": [0.25, 0.25, 0.25] or None, "classes": [...] or None}
+
+Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
+
+May import: cifarkit.errors, cifarkit.wrappers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifarkit.errors import ModelRecordError
+from cifarkit.wrappers import unwrap_model
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Preprocess",
+    "make_record",
+    "normalize",
+    "preprocessing_of",
+    "set_preprocessing",
+    "to_model_input",
+    "validate_record",
+]
+
+#: ImageNet's per-channel mean and std, what torchvision's pretrained VGG16 expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_ATTR = "_cifarkit_preprocess"
+Preprocess = dict[str, Any]
+
+
+def make_record(
+    *,
+    input_size: Sequence[int] | None = (32, 32),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+) -> Preprocess:
+    """A record: input size, RGB channels, uint8 scaled by 1/255, then ``(x - mean) / std``.
+
+    Example:
+        >>> make_record(mean=[0.13] * 3, std=[0.3] * 3)["mean"]
+        [0.13, 0.13, 0.13]
+    """
+    return validate_record(
+        {
+            "input_size": list(input_size) if input_size is not None else None,
+            "channels": "RGB",
+            "scale": "uint8 / 255",
+            "mean": [float(v) for v in mean] if mean is not None else None,
+            "std": [float(v) for v in std] if std is not None else None,
+            "classes": [str(c) for c in classes] if classes is not None else None,
+        }
+    )
+
+
+def validate_record(record: object) -> Preprocess:
+    """Check a record read from a file (types, lengths, finite positive std); return it.
+
+    Raises:
+        ModelRecordError: anything else (the message quotes a short excerpt).
+    """
+
+    def bad(why: str) -> ModelRecordError:
+        return ModelRecordError(f"preprocessing record {str(record)[:200]!r} is malformed: {why}")
+
+    if not isinstance(record, dict):
+        raise bad("expected a JSON object")
+    size = record.get("input_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 1 <= v <= 8192 for v in size)
+    ):
+        raise bad("input_size must be [height, width] in pixels")
+    for key in ("mean", "std"):
+        values = record.get(key)
+        if values is not None and not (
+            isinstance(values, list)
+            and len(values) in (1, 3)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        ):
+            raise bad(f"{key} must be 1 or 3 finite numbers")
+    if (record.get("mean") is None) != (record.get("std") is None):
+        raise bad("mean and std go together")
+    if record.get("std") is not None and any(v <= 0 for v in record["std"]):
+        raise bad("std must be positive")
+    classes = record.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)
+    ):
+        raise bad("classes must be a list of names")
+    return dict(record)
+
+
+def preprocessing_of(model: nn.Module) -> Preprocess | None:
+    """The record a model carries (a dict), or ``None`` for a model without one.
+
+    Example:
+        >>> from torch import nn
+        >>> preprocessing_of(nn.Linear(2, 2)) is None
+        True
+    """
+    record = getattr(unwrap_model(model), _ATTR, None)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def set_preprocessing(model: nn.Module, record: Preprocess | None) -> None:
+    """Attach ``record`` to ``model`` (``None`` removes it)."""
+    inner = unwrap_model(model)
+    if record is None:
+        if hasattr(inner, _ATTR):
+            delattr(inner, _ATTR)
+        return
+    setattr(inner, _ATTR, validate_record(record))
+
+
+def normalize(x: torch.Tensor, record: Preprocess | None) -> torch.Tensor:
+    """``(x - mean) / std`` of the record, per channel, for float ``(N, 3, H, W)`` in [0, 1]."""
+    if record is None or record.get("mean") is None:
+        return x
+    mean = torch.tensor(record["mean"], dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    std = torch.tensor(record["std"], dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def to_model_input(x: torch.Tensor, record: Preprocess | None) -> torch.Tensor:
+    """Raw pixels as the model expects them: uint8 scaled by 1/255, then the record's normalization.
+
+    Example:
+        >>> record = make_record(mean=[0.5], std=[0.5])
+        >>> to_model_input(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), record).flatten().tolist()
+        [1.0, 1.0, 1.0]
+    """
+    if not x.is_floating_point():
+        x = x.float() / 255.0
+    return normalize(x, record)
