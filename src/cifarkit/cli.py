@@ -148,7 +148,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
     saved_classes = inspect(args.file).class_names
     if args.data != "synthetic" and is_image_folder(args.data):  # the file's classes, in its order
-        data = load_image_folder(args.data, size=args.image_size, classes=saved_classes)
+        recorded = (preprocessing_of(model) or {}).get("input_size")
+        size = args.image_size or (recorded[0] if recorded else 32)
+        data = load_image_folder(args.data, size=size, classes=saved_classes)
     else:
         data = _data(args.data, train=False, size=args.size, seed=0)
     classes = saved_classes or data.classes  # the file's names first
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")
     ev.add_argument("file")
     ev.add_argument("--data", default="synthetic", help="'synthetic', a CIFAR-10 folder, or an image folder")
-    ev.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
+    ev.add_argument("--image-size", type=int, default=None, help="side of the images read from a folder "
+                    "(default: the size the model was trained on)")  # fmt: skip
     ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
@@ -240,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("file")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--top", type=int, default=1, help="how many classes to print, best first")
-    pr.add_argument("--image-size", type=int, default=32, help="side the pictures are resized to")
+    pr.add_argument("--image-size", type=int, default=None, help="side the pictures are resized to "
+                    "(default: the size the model was trained on)")  # fmt: skip
     pr.add_argument("--device", default="auto")
     pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
     pr.set_defaults(func=_cmd_predict)
