@@ -172,24 +172,24 @@ def doctor(
     return DoctorReport(found)
 
 
+def _found(code: str, message: str, fix: str) -> list[Finding]:
+    return [Finding(code, message, fix)]
+
+
 def _check_inputs(x: torch.Tensor) -> list[Finding]:
     if not x.is_floating_point():
-        return [
-            Finding(
-                "inputs-not-scaled",
-                f"the batch holds {x.dtype} pixels, not floats scaled to [0, 1]",
-                "divide by 255 (x.float() / 255), or load with a TensorLoader, which does it",
-            )
-        ]
+        return _found(
+            "inputs-not-scaled",
+            f"the batch holds {x.dtype} pixels, not floats scaled to [0, 1]",
+            "divide by 255 (x.float() / 255), or load with a TensorLoader, which does it",
+        )
     top = float(x.detach().abs().max()) if x.numel() else 0.0
     if top > 10:
-        return [
-            Finding(
-                "inputs-not-scaled",
-                f"the batch's values reach {top:.0f}: 0-255 pixels as floats",
-                "divide by 255 (and normalize with the dataset's mean and std if the model expects it)",
-            )
-        ]
+        return _found(
+            "inputs-not-scaled",
+            f"the batch's values reach {top:.0f}: 0-255 pixels as floats",
+            "divide by 255 (and normalize with the dataset's mean and std if the model expects it)",
+        )
     return []
 
 
@@ -205,27 +205,23 @@ def _check_normalization(data: Iterable[Any], x: torch.Tensor, record: Preproces
         given = "none (values in [0, 1])"
         wrong = x.numel() > 0 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     if wrong:
-        return [
-            Finding(
-                "inputs-not-normalized",
-                f"the model expects mean {expected[0]}, std {expected[1]}{imagenet}; the data gives {given}",
-                f"build the loader with normalize=({expected[0]}, {expected[1]})",
-            )
-        ]
+        return _found(
+            "inputs-not-normalized",
+            f"the model expects mean {expected[0]}, std {expected[1]}{imagenet}; the data gives {given}",
+            f"build the loader with normalize=({expected[0]}, {expected[1]})",
+        )
     return []
 
 
 def _check_nonlinearity(names: list[str]) -> list[Finding]:
     layers = sum(n in _LINEAR for n in names)
     if layers >= 2 and not any(n in _ACTIVATIONS for n in names):
-        return [
-            Finding(
-                "no-nonlinearity",
-                f"{layers} linear/conv layers and no activation function between them",
-                "add a non-linearity after each layer but the last: build_cnn(activation='relu'), "
-                "or nn.ReLU() in your model",
-            )
-        ]
+        return _found(
+            "no-nonlinearity",
+            f"{layers} linear/conv layers and no activation function between them",
+            "add a non-linearity after each layer but the last: build_cnn(activation='relu'), "
+            "or nn.ReLU() in your model",
+        )
     return []
 
 
@@ -234,21 +230,17 @@ def _check_labels(labels: torch.Tensor, classes: int) -> list[Finding]:
         return []
     lo, hi = int(labels.min()), int(labels.max())
     if lo >= 1 and hi == classes:
-        return [
-            Finding(
-                "labels-one-based",
-                f"labels run from {lo} to {hi}; the head's {classes} classes are 0 to {classes - 1}",
-                "subtract 1 from the labels (labels - 1)",
-            )
-        ]
+        return _found(
+            "labels-one-based",
+            f"labels run from {lo} to {hi}; the head's {classes} classes are 0 to {classes - 1}",
+            "subtract 1 from the labels (labels - 1)",
+        )
     if lo < 0 or hi >= classes:
-        return [
-            Finding(
-                "labels-out-of-range",
-                f"labels run from {lo} to {hi} but the head has {classes} outputs",
-                f"build the model with num_classes={hi + 1}, or fix the labels",
-            )
-        ]
+        return _found(
+            "labels-out-of-range",
+            f"labels run from {lo} to {hi} but the head has {classes} outputs",
+            f"build the model with num_classes={hi + 1}, or fix the labels",
+        )
     return []
 
 
@@ -257,13 +249,11 @@ def _check_batch_size(data: Iterable[Any]) -> list[Finding]:
     dataset = getattr(data, "dataset", None)
     count = len(images) if images is not None else len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     if isinstance(batch_size, int) and count is not None and batch_size > count:
-        return [
-            Finding(
-                "batch-larger-than-data",
-                f"batch size {batch_size} for {count} images: one short batch per epoch",
-                f"use a batch size of at most {count} (64 is the lesson's)",
-            )
-        ]
+        return _found(
+            "batch-larger-than-data",
+            f"batch size {batch_size} for {count} images: one short batch per epoch",
+            f"use a batch size of at most {count} (64 is the lesson's)",
+        )
     return []
 
 
@@ -271,14 +261,12 @@ def _check_frozen(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Fi
     names = {id(p): n for n, p in model.named_parameters()}
     frozen = [names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"] if not p.requires_grad]
     if frozen:
-        return [
-            Finding(
-                "frozen-params-in-optimizer",
-                f"the optimizer holds {len(frozen)} frozen parameters "
-                f"({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''})",
-                "build it on the trainable ones: [p for p in model.parameters() if p.requires_grad]",
-            )
-        ]
+        return _found(
+            "frozen-params-in-optimizer",
+            f"the optimizer holds {len(frozen)} frozen parameters "
+            f"({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''})",
+            "build it on the trainable ones: [p for p in model.parameters() if p.requires_grad]",
+        )
     return []
 
 
@@ -286,13 +274,11 @@ def _check_owner(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Fin
     own = {id(p) for p in model.parameters()}
     foreign = sum(id(p) not in own for g in optimizer.param_groups for p in g["params"])
     if foreign:
-        return [
-            Finding(
-                "optimizer-not-on-model",
-                f"{foreign} of the optimizer's parameters are not this model's: its steps would not train it",
-                "build the optimizer on this model: torch.optim.SGD(model.parameters(), ...)",
-            )
-        ]
+        return _found(
+            "optimizer-not-on-model",
+            f"{foreign} of the optimizer's parameters are not this model's: its steps would not train it",
+            "build the optimizer on this model: torch.optim.SGD(model.parameters(), ...)",
+        )
     return []
 
 
@@ -324,11 +310,9 @@ def _check_loss(
         opt.step()
     lr = optimizer.param_groups[0].get("lr")
     if not math.isfinite(losses[-1]) or losses[-1] > 2 * losses[0] + 1:
-        return [
-            Finding(
-                "loss-explodes",
-                f"at lr={lr} the loss went {losses[0]:.3g} -> {losses[-1]:.3g} in {len(losses)} steps on one batch",
-                "lower the learning rate (try 10x smaller), or set max_grad_norm",
-            )
-        ]
+        return _found(
+            "loss-explodes",
+            f"at lr={lr} the loss went {losses[0]:.3g} -> {losses[-1]:.3g} in {len(losses)} steps on one batch",
+            "lower the learning rate (try 10x smaller), or set max_grad_norm",
+        )
     return []

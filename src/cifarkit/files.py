@@ -338,20 +338,18 @@ def _verified(obj: Mapping[str, Any], path: PathLike) -> dict[str, torch.Tensor]
         msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
         raise CorruptCheckpointError(msg)
     state_dict = cast("dict[str, torch.Tensor]", state_dict)
-    meta = obj.get("meta_sha256")
-    if meta is not None and meta_digest(obj) != meta:
-        msg = (
-            f"{path} fails its checksum: its build record, class names or preprocessing record changed "
-            "after it was saved. Restore it from a good copy or re-save the model."
-        )
-        raise CorruptCheckpointError(msg)
-    expected = obj.get("sha256")
-    if expected is not None and tensor_digest(state_dict) != expected:
-        msg = (
-            f"{path} fails its SHA-256 check: the tensor data changed after it was saved "
-            "(disk or copy corruption). Restore it from a good copy or re-save the model."
-        )
-        raise CorruptCheckpointError(msg)
+    checks: tuple[tuple[str, Callable[[], str], str], ...] = (
+        ("meta_sha256", lambda: meta_digest(obj), "its build record, class names or preprocessing record changed"),
+        ("sha256", lambda: tensor_digest(state_dict), "the tensor data changed"),
+    )
+    for key, actual, what in checks:
+        expected = obj.get(key)
+        if expected is not None and actual() != expected:
+            msg = (
+                f"{path} fails its SHA-256 check: {what} after it was saved (disk or copy corruption, or "
+                "an edit). Restore it from a good copy or re-save the model."
+            )
+            raise CorruptCheckpointError(msg)
     return state_dict
 
 
