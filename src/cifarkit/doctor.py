@@ -1,24 +1,29 @@
 """A pre-flight check for the lesson's traps: one batch through the model (and a few steps on a
 copy of it) before the run, each problem named with its fix.
 
-========================== ==================================================================
-code                       what it means
-========================== ==================================================================
-``no-nonlinearity``        two or more linear/conv layers and no activation anywhere: apart
-                           from pooling the network is one linear map (the tutorial's own CNN)
-``inputs-not-scaled``      the batch holds integers, or floats far above 1 (0-255 pixels)
-``frozen-params-in-optimizer`` the optimizer holds parameters with ``requires_grad=False``
-``optimizer-not-on-model`` the optimizer holds parameters that are not the model's (built on
-                           another model, or before the model was rebuilt): steps change nothing
-``labels-one-based``       labels run from 1 to C: the head's classes are 0 to C-1
-``labels-out-of-range``    labels outside 0 to C-1 for the head's C outputs
-``loss-explodes``          a few steps at this learning rate make the loss grow or overflow
-``amp-emulated``           ``amp`` on a CPU without native bf16: much slower than fp32
-``model-in-eval-mode``     the model is in eval mode (dropout and batch norm behave as at test)
-``batch-larger-than-data`` the batch size exceeds the number of images
-``inputs-not-normalized``  the model's preprocessing record asks for a normalization (ImageNet's,
-                           for pretrained VGG16) that the data does not apply
-========================== ==================================================================
+=============================== ==============================================================
+code                            what it means
+=============================== ==============================================================
+``no-nonlinearity``             two or more linear/conv layers and no activation anywhere:
+                                apart from pooling the network is one linear map (the
+                                tutorial's own CNN)
+``inputs-not-scaled``           the batch holds integers, or floats far above 1 (0-255 pixels)
+``inputs-not-normalized``       the model's preprocessing record asks for a normalization
+                                (ImageNet's, for pretrained VGG16) that the data does not
+                                apply
+``frozen-params-in-optimizer``  the optimizer holds parameters with ``requires_grad=False``
+``optimizer-not-on-model``      the optimizer holds parameters that are not the model's (built
+                                on another model, or before the model was rebuilt): its steps
+                                change nothing
+``labels-one-based``            labels run from 1 to C: the head's classes are 0 to C-1
+``labels-out-of-range``         labels outside 0 to C-1 for the head's C outputs
+``loss-explodes``               a few steps at this learning rate make the loss grow or
+                                overflow
+``amp-emulated``                ``amp`` on a CPU without native bf16: much slower than fp32
+``model-in-eval-mode``          the model is in eval mode (dropout and batch norm behave as at
+                                test)
+``batch-larger-than-data``      the batch size exceeds the number of images
+=============================== ==============================================================
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.losses, cifarkit.tables, cifarkit.wrappers,
 cifarkit.preprocess.
