@@ -20,12 +20,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 #: (layer name, modules), bottom to top.
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
-    ("leaf helpers", ["tables", "figures", "wrappers", "device", "losses", "progress", "schedules"]),
-    ("files, diagnoses, gradients", ["files", "diagnosis", "grads", "preprocess"]),
+    (
+        "leaf helpers",
+        ["tables", "figures", "wrappers", "device", "losses", "progress", "schedules", "checksums", "writing"],
+    ),
+    ("file formats, records, diagnoses, gradients", ["archives", "records", "diagnosis", "grads", "preprocess"]),
+    ("reading model files", ["files"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),
     ("your own pictures", ["folders"]),
-    ("models and build records", ["models"]),
+    ("models and what a file holds", ["models", "inspection"]),
     ("persistence", ["persist"]),
     ("run records", ["history"]),
     ("checkpoints and the run logger", ["checkpoints", "monitor"]),

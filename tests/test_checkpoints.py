@@ -17,6 +17,7 @@ from torch import nn
 
 from cifarkit import build_cnn, inspect, load, load_checkpoint, save, save_checkpoint, synthetic_cifar10, train_loop
 from cifarkit.checkpoints import random_states, set_random_states
+from cifarkit.checksums import payload_digest, tensor_digest
 from cifarkit.errors import CorruptCheckpointError, NonFiniteWeightsError, NotACheckpointError
 
 
@@ -137,15 +138,20 @@ def test_checkpoints_of_format_1_resume_and_newer_ones_are_refused(tmp_path: Pat
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=optimizer, epoch=2)
     raw = torch.load(path, weights_only=True)
-    version_1 = {k: raw[k] for k in ("format", "model", "optimizer", "epoch", "history", "extra")}
+    version_1 = {k: raw[k] for k in ("format", "optimizer", "epoch", "history", "extra")}
     version_1 |= {"format_version": 1, "rng": {"torch": raw["rng"]["torch"]}}  # what cifarkit 0.1 wrote
+    weights = raw["model"]["state_dict"]
+    version_1["model"] = {k: raw["model"][k] for k in ("format", "state_dict", "build", "classes", "versions")}
+    version_1["model"] |= {"format_version": 1, "sha256": tensor_digest(weights)}
     torch.save(version_1, tmp_path / "v1.pt")
     restored = load_checkpoint(
         tmp_path / "v1.pt", model=build_cnn(), optimizer=torch.optim.SGD(build_cnn().parameters())
     )
     assert (restored.epoch, restored.format_version, restored.best, restored.loader) == (2, 1, None, None)
-    torch.save({**raw, "format_version": 99}, tmp_path / "v99.pt")
-    with pytest.raises(CorruptCheckpointError, match="format version 99; this cifarkit resumes versions 1 to 2"):
+    newer = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": 99}
+    newer["payload_sha256"] = payload_digest(newer)
+    torch.save(newer, tmp_path / "v99.pt")
+    with pytest.raises(CorruptCheckpointError, match="format version 99; this cifarkit resumes versions 1 to 3"):
         load_checkpoint(tmp_path / "v99.pt", model=build_cnn())
 
 

@@ -21,6 +21,7 @@ from cifarkit import (
     load,
     save,
 )
+from cifarkit.checksums import payload_digest
 from cifarkit.errors import (
     CheckpointIsDirectoryError,
     CheckpointNotFoundError,
@@ -48,12 +49,12 @@ def test_state_dict_file_is_plain_torch_and_documented(tmp_path: Path) -> None:
     path = save(model, tmp_path / "m.pt", classes=["a"] * 10)
     raw = torch.load(path, weights_only=True)  # no cifarkit needed to read it
     assert set(raw) == {"format", "format_version", "state_dict", "build", "classes", "preprocess", "versions",
-                        "sha256", "meta_sha256"}  # fmt: skip
+                        "payload_sha256"}  # fmt: skip
     assert raw["preprocess"] is None  # a freshly built model was trained on nothing yet
-    assert raw["format"] == "cifarkit.state_dict" and raw["format_version"] == 1
+    assert raw["format"] == "cifarkit.state_dict" and raw["format_version"] == 2
     assert raw["build"] == {"builder": "build_cnn", "kwargs": {"num_classes": 10, "activation": "relu", "dropout": 0.0}}
     assert raw["versions"]["torch"] == str(torch.__version__)
-    assert len(raw["sha256"]) == 64
+    assert raw["payload_sha256"] == payload_digest(raw)
     model.load_state_dict(raw["state_dict"])
 
 

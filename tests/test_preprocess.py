@@ -22,6 +22,7 @@ from cifarkit import (
     synthetic_cifar10,
     train_loop,
 )
+from cifarkit.checksums import tensor_digest
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, to_model_input, validate_record
@@ -100,9 +101,10 @@ def test_a_changed_record_fails_the_checksum_and_old_files_still_load(
     raw = torch.load(path, weights_only=True)
     raw["preprocess"]["mean"] = [0.0, 0.0, 0.0]
     torch.save(raw, tmp_path / "tampered.pt")
-    with pytest.raises(CorruptCheckpointError, match="preprocessing record changed"):
+    with pytest.raises(CorruptCheckpointError, match="fails its SHA-256 check"):
         load(tmp_path / "tampered.pt")
-    old = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("preprocess", "meta_sha256")}
+    old = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("preprocess", "payload_sha256")}
+    old |= {"format_version": 1, "sha256": tensor_digest(old["state_dict"])}
     torch.save(old, tmp_path / "old.pt")  # as cifarkit 0.1 wrote it
     assert preprocessing_of(load(tmp_path / "old.pt")) is None
 

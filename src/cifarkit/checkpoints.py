@@ -6,14 +6,17 @@ best-so-far figure and weights, the loader's seed and epoch, and every random st
 and CUDA generators, Python's ``random``, numpy's when it is imported), as tensors and plain
 values only: it loads with ``torch.load(weights_only=True)``.
 
-Format versions: 1 (cifarkit 0.1: model, optimizer, epoch, history, CPU random state) and 2
-(everything above). Both resume; a newer version is refused with its number.
+Format versions: 1 (cifarkit 0.1: model, optimizer, epoch, history, CPU random state), 2
+(everything above) and 3 (the same, with one SHA-256 over every field, ``payload_sha256``). All
+resume (1 and 2 with their model's tensor checksum only); a newer version is refused with its number.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.persist, cifarkit.history.
+May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.persist, cifarkit.history,
+cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import random
@@ -26,11 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarkit.diagnosis import apply_state_dict
-from cifarkit.errors import CorruptCheckpointError, NotACheckpointError
-from cifarkit.files import CHECKPOINT_FORMAT, atomic_write, read_payload, weights_and_record
+from cifarkit.checksums import excerpt, payload_digest
+from cifarkit.diagnosis import diagnose_state_dict
+from cifarkit.errors import CorruptCheckpointError, HistoryFormatError, NotACheckpointError, StateDictMismatchError
+from cifarkit.files import CHECKPOINT_FORMAT, DIGEST_KEY, atomic_write, read_payload, weights_and_record
 from cifarkit.history import History
+from cifarkit.inspection import metadata_problems
 from cifarkit.persist import check_finite_weights, state_payload
+from cifarkit.wrappers import unwrap_model
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -42,7 +48,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 @dataclass
@@ -143,10 +149,83 @@ def save_checkpoint(
         "loader": dict(loader) if loader is not None else None,
         "rng": random_states(),
     }
+    payload[DIGEST_KEY] = payload_digest(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)  # serialise first: a failure here leaves no file behind
     data = buffer.getvalue()
     return atomic_write(path, lambda f: f.write(data))
+
+
+def _bad(path: PathLike, why: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{os.fspath(path)} is damaged: {why}. Nothing was restored; use another checkpoint")
+
+
+def _checked_rng(states: object, path: PathLike) -> Mapping[str, Any]:
+    """The random states, each tried on a scratch generator first (the process's are not touched)."""
+    if states is None:
+        return {}
+    if not isinstance(states, Mapping):
+        raise _bad(path, f"its random states are {excerpt(states, 60)}, not a dict")
+    try:
+        if states.get("torch") is not None:
+            torch.Generator().set_state(states["torch"])
+        if states.get("python") is not None:
+            version, internal, gauss = states["python"]
+            random.Random().setstate((version, tuple(internal), gauss))
+        numpy = sys.modules.get("numpy")
+        if states.get("numpy") is not None and numpy is not None:
+            name, keys, pos, has_gauss, cached = states["numpy"]
+            numpy.random.RandomState().set_state(
+                (name, numpy.asarray(keys, dtype=numpy.uint32), pos, has_gauss, cached)
+            )
+        cuda = states.get("cuda") or []
+        if not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)):
+            raise TypeError("cuda states must be uint8 tensors")
+    except Exception as exc:
+        raise _bad(path, f"its random states do not fit ({type(exc).__name__}: {excerpt(str(exc))})") from exc
+    return states
+
+
+def _check_optimizer(saved: object, optimizer: torch.optim.Optimizer, path: PathLike) -> None:
+    """The saved optimizer state fits ``optimizer``: groups, parameter counts, state shapes, value types."""
+    if not (isinstance(saved, Mapping) and isinstance(saved.get("state"), Mapping)):
+        raise _bad(path, "its optimizer state is not a {'state': ..., 'param_groups': ...} dict")
+    groups = saved.get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)):
+        raise _bad(path, f"its optimizer has {excerpt(groups, 40)} parameter groups, not {len(optimizer.param_groups)}")
+    params: dict[object, torch.Tensor] = {}
+    for group, mine in zip(groups, optimizer.param_groups):
+        ids = group.get("params") if isinstance(group, Mapping) else None
+        if not (isinstance(ids, list) and len(ids) == len(mine["params"])):
+            raise _bad(path, "an optimizer parameter group does not match this optimizer's")
+        params.update(zip(ids, mine["params"]))
+        for key, value in group.items():
+            ours = mine.get(key)
+            if key != "params" and ours is not None and not _same_kind(value, ours):
+                raise _bad(path, f"optimizer setting {excerpt(key, 40)} is {excerpt(value, 60)}")
+    for key, entry in saved["state"].items():
+        if key not in params or not isinstance(entry, Mapping):
+            raise _bad(path, f"optimizer state {excerpt(key, 40)} belongs to no parameter")
+        for name, value in entry.items():
+            shaped = isinstance(value, torch.Tensor) and value.numel() in (1, params[key].numel())
+            if not (shaped or value is None or (not isinstance(value, torch.Tensor) and _same_kind(value, 0.0))):
+                raise _bad(path, f"optimizer state {excerpt(name, 40)} does not fit its parameter")
+
+
+def _same_kind(value: object, ours: object) -> bool:
+    """A saved setting has the kind of this optimizer's (number, flag, tuple of numbers, text)."""
+    if isinstance(ours, bool) or ours is None:
+        return isinstance(value, bool) or value is None
+    if isinstance(ours, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(ours, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(ours) and all(map(_same_kind, value, ours))
+    return isinstance(value, (type(ours), torch.Tensor))
+
+
+def _state_dicts(*parts: Any) -> list[Any]:
+    """Copies of the ``state_dict()`` of each part (``None`` stays ``None``) to roll back to."""
+    return [None if part is None else copy.deepcopy(part.state_dict()) for part in parts]
 
 
 def load_checkpoint(
@@ -160,11 +239,15 @@ def load_checkpoint(
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``,
     ``scheduler``, ``scaler`` when given and saved).
 
-    The random states are restored too, so training resumes exactly where it stopped.
+    The random states are restored too, so training resumes exactly where it stopped. Every field
+    is checked before anything is restored, and a failure while restoring rolls back what was
+    restored: on any error, the model, optimizer, scheduler, scaler and random states are as they
+    were.
 
     Raises:
         NotACheckpointError: the file is a model file, not a training checkpoint.
-        CorruptCheckpointError: a checkpoint format newer than this cifarkit reads.
+        CorruptCheckpointError: damaged (a field of the wrong type or shape, a failed checksum),
+            or a format newer than this cifarkit reads.
         StateDictMismatchError: the weights don't fit ``model``.
     """
     obj = read_payload(path)
@@ -177,22 +260,45 @@ def load_checkpoint(
     version = obj.get("format_version", 1)
     if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
         msg = (
-            f"{path} is a checkpoint of format version {version!r}; this cifarkit resumes versions 1 to "
-            f"{CHECKPOINT_VERSION}. Upgrade cifarkit (pip install -U cifarkit) to resume it"
+            f"{path} is a checkpoint of format version {excerpt(version, 40)}; this cifarkit resumes versions 1 "
+            f"to {CHECKPOINT_VERSION}. Upgrade cifarkit (pip install -U cifarkit) to resume it"
         )
         raise CorruptCheckpointError(msg)
-    state_dict, _ = weights_and_record(obj["model"], path)
-    apply_state_dict(model, state_dict, strict=True, source=os.fspath(path))
+    state_dict, _ = weights_and_record(obj.get("model"), path)
+    problems = metadata_problems(obj)
+    epoch = obj.get("epoch")
+    if problems or not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise _bad(path, problems[0] if problems else f"its epoch is {excerpt(epoch, 40)}, not a whole number")
+    for key in ("extra", "best", "loader", "scheduler", "scaler"):
+        if obj.get(key) is not None and not isinstance(obj[key], Mapping):
+            raise _bad(path, f"its {key!r} entry is {excerpt(obj[key], 60)}, not a dict")
+    try:
+        history = History.from_dict(obj["history"]) if obj.get("history") else None
+    except HistoryFormatError as exc:
+        raise _bad(path, str(exc)) from exc
+    rng = _checked_rng(obj.get("rng"), path)
     if optimizer is not None:
-        optimizer.load_state_dict(obj["optimizer"])
-    if scheduler is not None and obj.get("scheduler") is not None:
-        scheduler.load_state_dict(obj["scheduler"])
-    if scaler is not None and obj.get("scaler") is not None:
-        scaler.load_state_dict(obj["scaler"])
-    set_random_states(obj.get("rng") or {})
-    history = History.from_dict(obj["history"]) if obj.get("history") else None
+        _check_optimizer(obj.get("optimizer"), optimizer, path)
+    diag = diagnose_state_dict(model, state_dict)
+    if not diag.ok:
+        msg = f"cannot load {path} into {type(unwrap_model(model)).__name__}: {diag}"
+        raise StateDictMismatchError(msg)
+    parts = (unwrap_model(model), optimizer, scheduler, scaler)
+    saved = (diag.state_dict, obj.get("optimizer"), obj.get("scheduler"), obj.get("scaler"))
+    before, states = _state_dicts(*parts), random_states()
+    try:
+        for part, state in zip(parts, saved):
+            if part is not None and state is not None:
+                part.load_state_dict(state)
+        set_random_states(rng)
+    except Exception as exc:
+        for part, state in zip(parts, before):
+            if part is not None:
+                part.load_state_dict(state)
+        set_random_states(states)
+        raise _bad(path, f"restoring it failed ({type(exc).__name__}: {excerpt(str(exc))})") from exc
     return Checkpoint(
-        epoch=int(obj["epoch"]),
+        epoch=epoch,
         history=history,
         extra=obj.get("extra"),
         best=obj.get("best"),

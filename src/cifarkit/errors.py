@@ -28,6 +28,7 @@ __all__ = [
     "DistributedError",
     "DtypeError",
     "EmptyDataError",
+    "HistoryFormatError",
     "HistoryNotFoundError",
     "ImageReadError",
     "InvalidOptionError",
@@ -42,6 +43,7 @@ __all__ = [
     "UnsafeLoadError",
     "WeightsOnlyFileError",
     "WeightsUnavailableError",
+    "WriteError",
     "check_choice",
 ]
 
@@ -106,6 +108,17 @@ class CheckpointNotFoundError(CifarkitError, FileNotFoundError):
 
 class HistoryNotFoundError(CifarkitError, FileNotFoundError):
     """A run folder has no ``history.json`` (or the file given does not exist)."""
+
+
+class HistoryFormatError(CifarkitError, ValueError):
+    """A ``history.json`` (or a checkpoint's history) is not what :meth:`History.to_dict` writes."""
+
+
+class WriteError(CifarkitError, OSError):
+    """A file could not be written: disk full, a FIFO or device at the path, an fsync that failed.
+
+    The previous file at the path (if any) is intact and no temporary file is left behind.
+    """
 
 
 class CheckpointIsDirectoryError(CifarkitError, IsADirectoryError):

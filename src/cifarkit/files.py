@@ -1,45 +1,53 @@
-"""Model files on disk: atomic writes, the safe readers, and the SHA-256 digest.
+"""Model files on disk: the safe readers, the checksum check and the file layout.
 
 Everything here is about bytes and formats, not about models: :mod:`cifarkit.models` reads
 pretrained weights through :func:`read_state_dict`, :mod:`cifarkit.persist` builds ``save``/``load``
-on the readers, and checkpoints and run logs write through :func:`atomic_write`.
+on the readers, and :mod:`cifarkit.checkpoints` reads checkpoints through :func:`read_payload`.
 
 File layout of a cifarkit model file (``save(model, path)``), readable with plain
 ``torch.load(path, weights_only=True)``::
 
     {
         "format": "cifarkit.state_dict",   # str
-        "format_version": 1,               # int
+        "format_version": 2,               # int
         "state_dict": {name: Tensor},      # CPU, contiguous
         "build": {"builder": ..., "kwargs": {...}} or None,
         "classes": [str, ...] or None,
         "preprocess": {...} or None,       # the preprocessing record (cifarkit.preprocess)
         "versions": {"cifarkit": str, "torch": str},
-        "sha256": str,                     # hex digest of the tensor payload (see tensor_digest)
-        "meta_sha256": str,                # of build, classes and preprocess (see meta_digest)
+        "payload_sha256": str,             # of everything above (cifarkit.checksums.payload_digest)
     }
 
-Files written before ``preprocess`` and ``meta_sha256`` existed load as before.
+Format 1 files (cifarkit 0.1 and 0.2) carry ``sha256`` over the tensors and, from 0.2,
+``meta_sha256`` over build, classes and preprocessing: they load, with that weaker check.
 
-May import: cifarkit.errors.
+A file is read once, into memory, and everything is parsed from those bytes: the zip's
+directory (an entry that inflates to more than the file's size is refused before anything is
+inflated), the pickle (only torch's ``weights_only`` unpickler runs on it), the globals a pickled
+module references (listed, never imported). A file that cannot be parsed is
+:class:`~cifarkit.errors.CorruptCheckpointError`; only a well-formed pickle that references
+globals outside torch's allowlist is :class:`~cifarkit.errors.UnsafeLoadError`.
+
+May import: cifarkit.errors, cifarkit.checksums, cifarkit.writing, cifarkit.archives.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import io
 import json
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 
+from cifarkit.archives import Kind, check_zip, file_kind, references
+from cifarkit.checksums import check_limits, excerpt, meta_digest, payload_digest, tensor_digest
 from cifarkit.errors import (
     CheckpointIsDirectoryError,
     CheckpointNotFoundError,
@@ -49,13 +57,19 @@ from cifarkit.errors import (
     NotACheckpointError,
     UnsafeLoadError,
 )
+from cifarkit.writing import atomic_write as atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DIGEST_KEY",
     "FORMAT",
     "FORMAT_VERSION",
+    "Checksum",
+    "PathLike",
     "atomic_write",
+    "checksum_status",
     "meta_digest",
+    "read_bytes",
     "read_payload",
     "read_safetensors",
     "read_state_dict",
@@ -63,111 +77,24 @@ __all__ = [
     "tensor_digest",
     "torch_load",
     "unsafe_globals",
+    "verify_checksum",
     "versions",
     "weights_and_record",
 ]
 
 FORMAT = "cifarkit.state_dict"
 CHECKPOINT_FORMAT = "cifarkit.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The key of the whole-payload digest (model files of format 2, checkpoints of version 3).
+DIGEST_KEY = "payload_sha256"
+#: The most bytes one JSON string in a safetensors file's metadata may hold.
+MAX_JSON_BYTES = 1 << 20
 PathLike = str | os.PathLike[str]
-#: A build record as read from a file: ``{"builder": str, "kwargs": {...}}`` (checked by ``rebuild``).
+#: A build record as read from a file (checked by ``cifarkit.records.validate_build_record``).
 RawRecord = dict[str, Any]
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files left by writers of ``path`` that were killed (SIGKILL, power off)."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.tmp$")
-    for candidate in path.parent.iterdir():
-        match = pattern.match(candidate.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                candidate.unlink()
-
-
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write a file so that ``path`` holds either the old or the complete new content.
-
-    ``write`` fills a temporary file in the same directory; it is flushed, ``fsync``-ed, renamed
-    over ``path`` with ``os.replace`` and the directory is ``fsync``-ed. On any exception,
-    ``KeyboardInterrupt`` included, the temporary file is removed and ``path`` is untouched.
-    Temporaries left by killed writers are cleaned up by the next write.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "hello.bin"
-        >>> atomic_write(target, lambda f: f.write(b"hi")).read_bytes()
-        b'hi'
-    """
-    target = Path(path)
-    if target.is_dir():
-        msg = f"cannot write to {target}: it is a directory; pass a file path such as {target}/model.pt"
-        raise CheckpointIsDirectoryError(msg)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError):  # directory fsync is unsupported on some filesystems
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return target
-
-
-# --------------------------------------------------------------------------- digests and versions
-
-
-def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes of every tensor, in sorted key order.
-
-    Example:
-        >>> tensor_digest({"w": torch.zeros(2)}) == tensor_digest({"w": torch.zeros(2)})
-        True
-        >>> tensor_digest({"w": torch.zeros(2)}) == tensor_digest({"w": torch.ones(2)})
-        False
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def meta_digest(payload: Mapping[str, Any]) -> str:
-    """SHA-256 of the payload's build record, class names and preprocessing record, as canonical JSON.
-
-    Example:
-        >>> meta_digest({"build": None, "classes": ["a"]}) == meta_digest({"classes": ["a"], "build": None})
-        True
-    """
-    fields = {key: payload.get(key) for key in ("build", "classes", "preprocess")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+#: ``ok``: the whole payload verified; ``tensors only``: a format-1 file, verified with its weaker
+#: digests; ``absent``: nothing to verify; ``mismatch``: the file changed after it was saved.
+Checksum = Literal["ok", "tensors only", "absent", "mismatch"]
 
 
 def versions() -> dict[str, str]:
@@ -186,84 +113,95 @@ def versions() -> dict[str, str]:
     return {"cifarkit": own, "torch": str(torch.__version__)}
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- reading bytes
 
 
-def sniff(path: Path) -> Literal["zip", "pickle", "safetensors"]:
-    """Check that ``path`` exists and looks like a checkpoint; return which kind.
-
-    Raises:
-        CheckpointNotFoundError, CheckpointIsDirectoryError, CorruptCheckpointError (empty),
-        NotACheckpointError (an image, JSON, text...).
-    """
+def _regular_file(path: Path) -> None:
     if not path.exists():
         msg = f"no such file: {path}. Check the path (cwd is {Path.cwd()})"
         raise CheckpointNotFoundError(msg)
     if path.is_dir():
         msg = f"{path} is a directory, not a model file; pass the file inside it"
         raise CheckpointIsDirectoryError(msg)
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    size = path.stat().st_size
-    if size == 0:
-        msg = f"{path} is empty (0 bytes): the save that wrote it did not finish; re-save the model"
-        raise CorruptCheckpointError(msg)
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"  # torch's legacy (non-zip) format
-    if len(head) >= 9 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") < size:
-        return "safetensors"
-    kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
-    what = next((v for k, v in kinds.items() if head.startswith(k)), None)
-    if what is None and head.lstrip()[:1] in (b"{", b"["):
-        what = "a JSON or text file"
-    msg = (
-        f"{path} is not a PyTorch checkpoint ({what or 'unknown format, first bytes ' + repr(head[:8])}); "
-        "pass a file written by cifarkit.save or torch.save"
-    )
-    raise NotACheckpointError(msg)
+    if not path.is_file():  # a FIFO would block a read for ever
+        msg = f"{path} is not a regular file (a FIFO, device or socket); pass a model file"
+        raise NotACheckpointError(msg)
 
 
-def unsafe_globals(path: Path) -> list[str]:
-    """The globals a pickled checkpoint references outside torch's allowlist (nothing is run)."""
-    with contextlib.suppress(Exception):
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    return []
-
-
-def torch_load(path: Path, *, trusted: bool, map_location: Any) -> Any:
-    """``torch.load`` with ``weights_only=True``; a pickled module only with ``trusted=True``.
+def sniff(path: Path) -> Kind:
+    """Check that ``path`` exists and looks like a checkpoint; return which kind (reads 16 bytes).
 
     Raises:
-        UnsafeLoadError: the file is a pickled module and ``trusted`` is false.
-        ModelClassNotFoundError: ``trusted`` but the pickled class cannot be imported.
-        CorruptCheckpointError: the file is truncated or damaged.
+        CheckpointNotFoundError, CheckpointIsDirectoryError, CorruptCheckpointError (empty),
+        NotACheckpointError (an image, JSON, text, a FIFO...).
     """
+    _regular_file(path)
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    return file_kind(head, path.stat().st_size, path)
+
+
+def read_bytes(path: PathLike) -> tuple[bytes, Kind]:
+    """A model file's bytes (read once) and its kind, after the checks of :func:`sniff`."""
+    file = Path(path)
+    _regular_file(file)
+    data = file.read_bytes()
+    return data, file_kind(data[:16], len(data), file)
+
+
+def _torch_load(data: bytes, *, weights_only: bool, map_location: Any) -> Any:
+    with warnings.catch_warnings():  # random bytes in the legacy format warn about the protocol first
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+
+
+def torch_load(path: Path, *, trusted: bool, map_location: Any, data: bytes | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True``; a pickled module only with ``trusted=True``.
+
+    ``data``: the file's bytes when already read (the file is then not opened again).
+
+    Raises:
+        UnsafeLoadError: the file is a well-formed pickled module and ``trusted`` is false.
+        ModelClassNotFoundError: ``trusted`` but the pickled class cannot be imported.
+        CorruptCheckpointError: the file is truncated or damaged (or a compression bomb).
+    """
+    if data is None:
+        data, kind = read_bytes(path)
+    else:
+        kind = file_kind(data[:16], len(data), path)
+    if kind == "zip":
+        check_zip(data, path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            msg = f"{path} is damaged: unpickling failed ({exc}). Re-save it from the original model."
+        return _torch_load(data, weights_only=True, map_location=map_location)
+    except Exception as exc:
+        refused = isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc)
+        names = references(data, kind) if refused else None
+        if not names:
+            msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {excerpt(str(exc))})"
             raise CorruptCheckpointError(msg) from exc
         if not trusted:
-            names = sorted(unsafe_globals(path), key=lambda n: (n.startswith("torch."), n))
-            found = f" (it references {', '.join(names[:4])})" if names else ""
+            found = ", ".join(sorted(names, key=lambda n: (n.startswith("torch."), n))[:4])
             msg = (
-                f"{path} is a pickled module{found}; loading it can run arbitrary code. "
+                f"{path} is a pickled module (it references {found}); loading it can run arbitrary code. "
                 "Pass trusted=True only for files you created, or re-save the model with "
                 "cifarkit.save(model, path) (method 'state_dict') to load it safely."
             )
             raise UnsafeLoadError(msg) from exc
-    except Exception as exc:
-        msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {exc})"
-        raise CorruptCheckpointError(msg) from exc
-    return _trusted_load(path, map_location)
+    return _trusted_load(path, data, map_location)
 
 
-def _trusted_load(path: Path, map_location: Any) -> Any:
+def unsafe_globals(path: Path, data: bytes | None = None) -> list[str]:
+    """The globals a pickled checkpoint references outside torch's allowlist (nothing is run)."""
+    if data is None:
+        data, kind = read_bytes(path)
+    else:
+        kind = file_kind(data[:16], len(data), path)
+    return references(data, kind) or []
+
+
+def _trusted_load(path: Path, data: bytes, map_location: Any) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return _torch_load(data, weights_only=False, map_location=map_location)
     except (AttributeError, ImportError) as exc:
         text = str(exc)
         match = re.search(r"Can't get attribute '([\w.]+)' on <module '([\w.]+)'", text)
@@ -278,49 +216,51 @@ def _trusted_load(path: Path, map_location: Any) -> Any:
         )
         raise ModelClassNotFoundError(msg) from exc
     except Exception as exc:
-        msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {exc})"
+        msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {excerpt(str(exc))})"
         raise CorruptCheckpointError(msg) from exc
 
 
-def read_safetensors(path: Path) -> dict[str, Any]:
+def _json_field(meta: Mapping[str, str], key: str) -> Any:
+    text = meta.get(key)
+    if text is None:
+        return None
+    if not isinstance(text, str) or len(text) > MAX_JSON_BYTES:
+        msg = f"metadata entry {key!r} is not a JSON string of at most {MAX_JSON_BYTES:,} bytes"
+        raise ValueError(msg)
+    return json.loads(text)
+
+
+def read_safetensors(path: Path, data: bytes | None = None) -> dict[str, Any]:
     """A safetensors file as a cifarkit payload dict (or a plain ``state_dict`` for foreign files)."""
     try:
         from safetensors.torch import load as st_load
     except ImportError as exc:
         msg = f"{path} is a safetensors file: pip install 'cifarkit[safetensors]' to read it"
         raise MissingExtraError(msg) from exc
-    data = path.read_bytes()
+    data = path.read_bytes() if data is None else data
     try:
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        state_dict = st_load(data)
+        header_size = int.from_bytes(data[:8], "little")
+        if header_size > min(len(data) - 8, 100 << 20):
+            msg = f"header of {header_size:,} bytes in a {len(data):,}-byte file"
+            raise ValueError(msg)
+        header = json.loads(data[8 : 8 + header_size])
         meta = header.get("__metadata__") or {}
-        build = json.loads(meta["build"]) if "build" in meta else None
-        classes = json.loads(meta["classes"]) if "classes" in meta else None
-        preprocess = json.loads(meta["preprocess"]) if "preprocess" in meta else None
-        file_versions = json.loads(meta["versions"]) if "versions" in meta else {}
+        state_dict = st_load(data)
+        fields = {key: _json_field(meta, key) for key in ("build", "classes", "preprocess", "versions")}
+        format_version = int(meta.get("format_version", "1"))
     except Exception as exc:
-        msg = f"{path} is a damaged safetensors file ({type(exc).__name__}: {exc})"
+        msg = f"{path} is a damaged safetensors file ({type(exc).__name__}: {excerpt(str(exc))})"
         raise CorruptCheckpointError(msg) from exc
     if meta.get("format") != FORMAT:
         return dict(state_dict)
-    return {
-        "format": FORMAT,
-        "state_dict": state_dict,
-        "build": build,
-        "classes": classes,
-        "preprocess": preprocess,
-        "versions": file_versions,
-        "sha256": meta.get("sha256"),
-        "meta_sha256": meta.get("meta_sha256"),
-    }
+    payload = {"format": FORMAT, "format_version": format_version, "state_dict": state_dict, **fields}
+    payload["versions"] = payload["versions"] or {}
+    digests = {"sha256": meta.get("sha256"), "meta_sha256": meta.get("meta_sha256"), DIGEST_KEY: meta.get(DIGEST_KEY)}
+    payload.update({key: value for key, value in digests.items() if value is not None})
+    return payload
 
 
-def read_payload(path: PathLike, *, trusted: bool = False, map_location: Any = "cpu") -> Any:
-    """What a model file holds: a payload dict, a plain ``state_dict``, or (trusted) a module."""
-    file = Path(path)
-    if sniff(file) == "safetensors":
-        return read_safetensors(file)
-    return torch_load(file, trusted=trusted, map_location=map_location)
+# --------------------------------------------------------------------------- checking what was read
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -331,44 +271,105 @@ def _is_tensor_dict(obj: object) -> bool:
     )
 
 
-def _verified(obj: Mapping[str, Any], path: PathLike) -> dict[str, torch.Tensor]:
-    """Return the state_dict of a cifarkit payload after checking its SHA-256."""
-    state_dict = obj.get("state_dict")
-    if not _is_tensor_dict(state_dict):
-        msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
-        raise CorruptCheckpointError(msg)
-    state_dict = cast("dict[str, torch.Tensor]", state_dict)
-    checks: tuple[tuple[str, Callable[[], str], str], ...] = (
-        ("meta_sha256", lambda: meta_digest(obj), "its build record, class names or preprocessing record changed"),
-        ("sha256", lambda: tensor_digest(state_dict), "the tensor data changed"),
-    )
-    for key, actual, what in checks:
-        expected = obj.get(key)
-        if expected is not None and actual() != expected:
-            msg = (
-                f"{path} fails its SHA-256 check: {what} after it was saved (disk or copy corruption, or "
-                "an edit). Restore it from a good copy or re-save the model."
-            )
+def _dense(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> dict[str, torch.Tensor]:
+    """The state_dict, after checking every tensor is dense and holds data (no meta, sparse, quantized)."""
+    for name, tensor in state_dict.items():
+        if tensor.layout != torch.strided or tensor.is_meta or tensor.is_quantized:
+            kind = "meta" if tensor.is_meta else "quantized" if tensor.is_quantized else str(tensor.layout)
+            msg = f"{path}: tensor {excerpt(name, 80)} is a {kind} tensor; model files hold dense tensors with data"
             raise CorruptCheckpointError(msg)
-    return state_dict
+    return dict(state_dict)
+
+
+def checksum_status(obj: object) -> tuple[Checksum, str | None]:
+    """What a payload's checksum says: its :data:`Checksum` and, on a mismatch, what changed.
+
+    A checkpoint of version 3 carries one digest over everything; older checkpoints and format-1
+    model files are checked with their tensor (and metadata) digests.
+    """
+    if not isinstance(obj, Mapping) or obj.get("format") not in (FORMAT, CHECKPOINT_FORMAT):
+        return "absent", None
+    check_limits(obj)
+    if obj.get(DIGEST_KEY) is not None:
+        same = payload_digest(obj, exclude=DIGEST_KEY) == obj[DIGEST_KEY]
+        return ("ok", None) if same else ("mismatch", "its content changed after it was saved")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        return checksum_status(obj.get("model"))
+    if _is_tensor_dict(obj.get("state_dict")) and obj.get("sha256") is not None:
+        if obj.get("meta_sha256") is not None and meta_digest(obj) != obj["meta_sha256"]:
+            return "mismatch", "its build record, class names or preprocessing record changed"
+        if tensor_digest(obj["state_dict"]) != obj["sha256"]:
+            return "mismatch", "the tensor data changed"
+        return "tensors only", None
+    return "absent", None
+
+
+def verify_checksum(obj: object, path: PathLike) -> Checksum:
+    """Raise :class:`~cifarkit.errors.CorruptCheckpointError` unless ``obj`` passes its checksum.
+
+    A format-2 model file (or version-3 checkpoint) without its digest fails too: it was stripped.
+    """
+    status, what = checksum_status(obj)
+    stripped = (
+        status == "absent"
+        and isinstance(obj, Mapping)
+        and obj.get("format") == FORMAT
+        and obj.get("format_version", 1) != 1
+    )
+    if status == "mismatch" or stripped:
+        msg = (
+            f"{path} fails its SHA-256 check: {what or 'its checksum is missing'} (disk or copy corruption, "
+            "or an edit). Restore it from a good copy or re-save the model."
+        )
+        raise CorruptCheckpointError(msg)
+    return status
+
+
+def read_payload(path: PathLike, *, trusted: bool = False, map_location: Any = "cpu", verify: bool = True) -> Any:
+    """What a model file holds: a payload dict, a plain ``state_dict``, or (trusted) a module.
+
+    The file is read once. With ``verify`` (the default) a cifarkit payload's checksum is checked.
+    """
+    file = Path(path)
+    data, kind = read_bytes(file)
+    if kind == "safetensors":
+        obj = read_safetensors(file, data)
+    else:
+        obj = torch_load(file, trusted=trusted, map_location=map_location, data=data)
+    del data
+    if verify:
+        verify_checksum(obj, file)
+    return obj
 
 
 def weights_and_record(obj: Any, path: PathLike) -> tuple[dict[str, torch.Tensor], RawRecord | None]:
-    """The (checksum-verified) weights of a payload and its build record, if it has one.
+    """The weights of a payload (dense tensors) and its build record, if it has one (unchecked).
 
     Raises:
-        CorruptCheckpointError: a cifarkit payload fails its checksum.
+        CorruptCheckpointError: a cifarkit payload's ``state_dict`` is not a dict of dense tensors.
         NotACheckpointError: ``obj`` holds no weights at all.
     """
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        state_dict = obj.get("state_dict")
+        if not _is_tensor_dict(state_dict):
+            msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
+            raise CorruptCheckpointError(msg)
+        number = obj.get("format_version", 1)
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= FORMAT_VERSION:
+            msg = (
+                f"{path} is a cifarkit file of format version {excerpt(number, 40)}; this cifarkit reads versions "
+                f"1 to {FORMAT_VERSION}. Upgrade cifarkit (pip install -U cifarkit) to load it"
+            )
+            raise CorruptCheckpointError(msg)
         record = obj.get("build")
-        return _verified(obj, path), dict(record) if isinstance(record, Mapping) else None
+        weights = _dense(cast("dict[str, torch.Tensor]", state_dict), path)
+        return weights, dict(record) if isinstance(record, Mapping) else record
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         return weights_and_record(obj.get("model"), path)
     if _is_tensor_dict(obj):
-        return dict(obj), None
+        return _dense(obj, path), None
     if isinstance(obj, Mapping) and _is_tensor_dict(obj.get("state_dict")):
-        return dict(obj["state_dict"]), None  # a common hand-made {"state_dict": ...} file
+        return _dense(obj["state_dict"], path), None  # a common hand-made {"state_dict": ...} file
     msg = (
         f"{path} holds a {type(obj).__name__}, not model weights (expected a dict of tensors, a "
         "cifarkit file, or a pickled module)"
@@ -379,7 +380,7 @@ def weights_and_record(obj: Any, path: PathLike) -> tuple[dict[str, torch.Tensor
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     """Read the weights of any safe weights file (cifarkit, plain ``state_dict``, checkpoint).
 
-    Loading uses ``weights_only=True``; the SHA-256 of cifarkit files is verified.
+    Loading uses ``weights_only=True``; the checksum of cifarkit files is verified.
 
     Example:
         >>> import tempfile, pathlib

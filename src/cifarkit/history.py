@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from cifarkit.errors import HistoryNotFoundError, check_choice
+from cifarkit.errors import HistoryFormatError, HistoryNotFoundError, check_choice
 from cifarkit.figures import new_figure, save_or_return
 from cifarkit.tables import format_table, html_table
 
@@ -104,6 +104,21 @@ class EpochStats:
 
 
 _FIELDS = frozenset(f.name for f in fields(EpochStats))
+_REQUIRED = frozenset(f.name for f in fields(EpochStats) if f.default is MISSING and f.default_factory is MISSING)
+
+
+def _number(value: object, *, whole: bool = False) -> bool:
+    kinds = (int,) if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _admissible(name: str, value: object) -> bool:
+    """An epoch field's value has the type :class:`EpochStats` declares (``None`` where optional)."""
+    if name == "lr":
+        return isinstance(value, list) and all(_number(v) for v in value)
+    if name in ("epoch", "images"):
+        return _number(value, whole=True)
+    return _number(value) or (value is None and name not in _REQUIRED)
 
 
 @dataclass
@@ -160,13 +175,33 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict` (fields a newer version added are ignored)."""
-        return cls(
-            epochs=[EpochStats(**{k: v for k, v in e.items() if k in _FIELDS}) for e in data.get("epochs", [])],
-            compile_seconds=data.get("compile_seconds"),
-            best_epoch=data.get("best_epoch"),
-            stop_reason=data.get("stop_reason"),
-        )
+        """Inverse of :meth:`to_dict` (fields a newer version added are ignored).
+
+        Raises:
+            HistoryFormatError: ``data`` is not what :meth:`to_dict` writes (a field of the wrong
+                type, a required one missing...).
+        """
+
+        def bad(why: str) -> HistoryFormatError:
+            return HistoryFormatError(f"the history is malformed: {why}; re-run training or delete the file")
+
+        if not isinstance(data, dict) or not isinstance(data.get("epochs", []), list):
+            raise bad("expected {'epochs': [...], ...}")
+        epochs = []
+        for entry in data.get("epochs", []):
+            if not isinstance(entry, dict):
+                raise bad("an epoch is not a dict")
+            values = {k: v for k, v in entry.items() if k in _FIELDS}
+            wrong = [k for k, v in values.items() if not _admissible(k, v)]
+            if wrong or not set(values) >= _REQUIRED:
+                raise bad(f"epoch fields {sorted(wrong) or sorted(_REQUIRED - set(values))} are wrong or missing")
+            epochs.append(EpochStats(**values))
+        best, seconds, reason = data.get("best_epoch"), data.get("compile_seconds"), data.get("stop_reason")
+        if not (_number(best, whole=True) or best is None) or not (_number(seconds) or seconds is None):
+            raise bad("best_epoch and compile_seconds must be numbers")
+        if not (reason is None or isinstance(reason, str)):
+            raise bad("stop_reason must be text")
+        return cls(epochs=epochs, compile_seconds=seconds, best_epoch=best, stop_reason=reason)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> History:
@@ -174,6 +209,7 @@ class History:
 
         Raises:
             HistoryNotFoundError: no such file (or no ``history.json`` in the folder).
+            HistoryFormatError: the file is not JSON, or not a history.
         """
         source = Path(path)
         if source.is_dir():
@@ -181,7 +217,12 @@ class History:
         if not source.is_file():
             msg = f"no history at {source}: pass the log_dir of a train_loop(..., log_dir=...) run or its history.json"
             raise HistoryNotFoundError(msg)
-        return cls.from_dict(json.loads(source.read_text()))
+        try:
+            data = json.loads(source.read_bytes())
+        except (ValueError, RecursionError) as exc:
+            msg = f"{source} is not valid JSON ({type(exc).__name__}): it was damaged; re-run training to rewrite it"
+            raise HistoryFormatError(msg) from exc
+        return cls.from_dict(data)
 
     @overload
     def plot(self, path: None = None) -> Figure: ...

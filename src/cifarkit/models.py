@@ -5,7 +5,7 @@ Every model built here remembers how it was built (a small JSON-serialisable
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.tables, cifarkit.wrappers,
-cifarkit.preprocess.
+cifarkit.preprocess, cifarkit.records.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict, cast, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -23,13 +23,13 @@ from cifarkit.diagnosis import apply_state_dict
 from cifarkit.errors import (
     AlreadyAdaptedError,
     InvalidOptionError,
-    ModelRecordError,
     ShapeError,
     WeightsUnavailableError,
     check_choice,
 )
 from cifarkit.files import read_state_dict
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
+from cifarkit.records import BuildRecord, validate_build_record
 from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
 
@@ -51,7 +51,6 @@ __all__ = [
 
 Activation = Literal["none", "relu"]
 Strategy = Literal["replace", "append"]
-JSONScalar = str | int | float | bool | None
 
 #: Attribute under which a model keeps its build record.
 RECORD_ATTR = "_cifarkit_build"
@@ -59,13 +58,6 @@ _VGG_ARCHS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}  # conv count -
 #: torchvision's ``VGG16_Weights.IMAGENET1K_V1.url`` (a test keeps the two equal). Written out so
 #: that importing cifarkit does not import torchvision (1.3 s): it is imported where VGG is built.
 _IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-
-
-class BuildRecord(TypedDict):
-    """How a model was built: the builder's name and its JSON-serialisable arguments."""
-
-    builder: Literal["build_cnn", "adapt_vgg16"]
-    kwargs: dict[str, JSONScalar]
 
 
 class CifarCNN(nn.Module):
@@ -312,37 +304,28 @@ def get_build_record(model: nn.Module) -> BuildRecord | None:
 def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:
     """Build a fresh (randomly initialised) model from a build record.
 
+    The record is checked first (:func:`cifarkit.records.validate_build_record`): known builders
+    and keywords only, bounded values, never a source of weights. Inside ``with
+    torch.device("meta"):`` nothing is allocated (``load`` compares shapes that way first).
+
     Raises:
-        ModelRecordError: the record is malformed or names an unknown builder.
+        ModelRecordError: the record is malformed, names an unknown builder or keyword, or holds
+            a value out of bounds.
 
     Example:
         >>> rebuild({"builder": "build_cnn", "kwargs": {"activation": "relu"}}).sequential[1]
         ReLU()
     """
-    builder = record.get("builder") if isinstance(record, dict) else None
-    kwargs = record.get("kwargs", {}) if isinstance(record, dict) else None
-    if not isinstance(kwargs, dict):
-        msg = f"build record {record!r} is malformed: expected {{'builder': ..., 'kwargs': {{}}}}"
-        raise ModelRecordError(msg)
-    try:
-        if builder == "build_cnn":
-            return build_cnn(**kwargs)
-        if builder == "adapt_vgg16":
-            options = dict(kwargs)
-            arch = options.pop("arch", "vgg16") or "vgg16"
-            if arch not in {v + s for v in _VGG_ARCHS.values() for s in ("", "_bn")}:
-                msg = f"unknown VGG architecture {arch!r} in build record"
-                raise ModelRecordError(msg)
-            import torchvision.models  # lazily, as in adapt_vgg16
+    checked = validate_build_record(record)
+    options = dict(checked["kwargs"])
+    if checked["builder"] == "build_cnn":
+        return build_cnn(**options)  # type: ignore[arg-type]
+    arch = str(options.pop("arch", None) or "vgg16")
+    import torchvision.models  # lazily, as in adapt_vgg16
 
-            base = cast("VGG", getattr(torchvision.models, str(arch))(weights=None))
-            adapted: nn.Module = adapt_vgg16(base, **options)
-            return adapted
-    except TypeError as exc:
-        msg = f"build record {record!r} has arguments its builder does not take: {exc}"
-        raise ModelRecordError(msg) from exc
-    msg = f"unknown builder {builder!r} in build record; known: 'build_cnn', 'adapt_vgg16'"
-    raise ModelRecordError(msg)
+    base = cast("VGG", getattr(torchvision.models, arch)(weights=None))
+    adapted: nn.Module = adapt_vgg16(base, **options)  # type: ignore[arg-type]
+    return adapted
 
 
 @dataclass(frozen=True)

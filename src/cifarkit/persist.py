@@ -9,52 +9,49 @@ the new one is complete on disk. ``load`` rebuilds the model from its record wit
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.models, cifarkit.tables,
-cifarkit.wrappers, cifarkit.preprocess.
+cifarkit.wrappers, cifarkit.preprocess, cifarkit.records, cifarkit.checksums, cifarkit.inspection.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from cifarkit.checksums import payload_digest
 from cifarkit.diagnosis import Diagnosis, diagnose_state_dict
 from cifarkit.diagnosis import apply_state_dict as apply_state_dict
 from cifarkit.errors import (
     MissingExtraError,
     ModelRecordError,
     NonFiniteWeightsError,
-    UnsafeLoadError,
+    StateDictMismatchError,
     WeightsOnlyFileError,
     check_choice,
 )
 from cifarkit.files import (
-    CHECKPOINT_FORMAT,
+    DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
-    meta_digest,
     read_payload,
-    read_safetensors,
-    sniff,
-    torch_load,
-    unsafe_globals,
     versions,
     weights_and_record,
 )
 from cifarkit.files import atomic_write as atomic_write
 from cifarkit.files import read_state_dict as read_state_dict
 from cifarkit.files import tensor_digest as tensor_digest
-from cifarkit.models import BuildRecord, get_build_record, rebuild
-from cifarkit.preprocess import Preprocess, preprocessing_of, set_preprocessing, validate_record
-from cifarkit.tables import format_table
+from cifarkit.inspection import FileInfo as FileInfo
+from cifarkit.inspection import file_preprocess, metadata_problems
+from cifarkit.inspection import inspect as inspect
+from cifarkit.models import get_build_record, rebuild
+from cifarkit.preprocess import preprocessing_of, set_preprocessing
+from cifarkit.records import validate_build_record
 from cifarkit.wrappers import unwrap_model
 
 __all__ = [
@@ -115,9 +112,8 @@ def state_payload(model: nn.Module, classes: Sequence[str] | None = None) -> dic
         "classes": None if classes is None else [str(c) for c in classes],
         "preprocess": record,
         "versions": versions(),
-        "sha256": tensor_digest(state_dict),
     }
-    payload["meta_sha256"] = meta_digest(payload)
+    payload[DIGEST_KEY] = payload_digest(payload)
     return payload
 
 
@@ -134,9 +130,8 @@ def _safetensors_bytes(model: nn.Module, classes: Sequence[str] | None) -> bytes
         "build": json.dumps(payload["build"]),
         "classes": json.dumps(payload["classes"]),
         "preprocess": json.dumps(payload["preprocess"]),
-        "meta_sha256": payload["meta_sha256"],
         "versions": json.dumps(payload["versions"]),
-        "sha256": payload["sha256"],
+        DIGEST_KEY: payload[DIGEST_KEY],
     }
     data: bytes = st_save(payload["state_dict"], metadata=metadata)
     return data
@@ -219,18 +214,17 @@ def diagnose(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, torch
     return diagnose_state_dict(model, state_dict)
 
 
-def _file_preprocess(obj: Any, path: PathLike) -> Preprocess | None:
-    """The validated preprocessing record of a cifarkit payload (or a checkpoint's model), if any."""
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        obj = obj.get("model")
-    record = obj.get("preprocess") if isinstance(obj, Mapping) and obj.get("format") == FORMAT else None
-    if record is None:
-        return None
-    try:
-        return validate_record(record)
-    except ModelRecordError as exc:
-        msg = f"{path}: {exc}"
-        raise ModelRecordError(msg) from exc
+def _rebuilt(record: Any, state_dict: Mapping[str, torch.Tensor], path: PathLike, *, strict: bool) -> nn.Module:
+    """The model a checked build record describes, built only after the file's shapes were compared
+    on a ``meta`` model (no memory): a record cannot make ``load`` allocate more than the tensors need."""
+    checked = validate_build_record(record)
+    with torch.device("meta"):
+        skeleton = rebuild(checked)
+    diag = diagnose_state_dict(skeleton, state_dict)
+    if strict and not diag.ok:
+        msg = f"cannot load {os.fspath(path)} into {type(skeleton).__name__}: {diag}"
+        raise StateDictMismatchError(msg)
+    return rebuild(checked)
 
 
 def load(
@@ -262,7 +256,10 @@ def load(
 
     Raises:
         CheckpointNotFoundError, CheckpointIsDirectoryError: bad path.
-        CorruptCheckpointError: empty, truncated or checksum-failing file.
+        CorruptCheckpointError: empty, truncated, damaged or checksum-failing file (or one
+            whose zip would inflate past its size).
+        ModelRecordError: the build record, preprocessing record, class names or versions are
+            malformed or out of bounds (checked before anything is built).
         NotACheckpointError: an image, JSON or other non-checkpoint file.
         WeightsOnlyFileError: a plain ``state_dict`` file and no ``model=``.
         UnsafeLoadError: a pickled module without ``trusted=True``.
@@ -283,7 +280,11 @@ def load(
         apply_state_dict(model, obj.state_dict(), strict=strict, source=os.fspath(path))
         return model
     state_dict, record = weights_and_record(obj, path)
-    preprocess = _file_preprocess(obj, path)
+    problems = metadata_problems(obj)
+    if problems:
+        msg = f"{path}: {problems[0]}"
+        raise ModelRecordError(msg)
+    preprocess = file_preprocess(obj)
     if model is None:
         if record is None:
             msg = (
@@ -292,120 +293,10 @@ def load(
                 "(or the architecture it was saved from)."
             )
             raise WeightsOnlyFileError(msg)
-        model = rebuild(record)
+        model = _rebuilt(record, state_dict, path, strict=strict)
     apply_state_dict(model, state_dict, strict=strict, source=os.fspath(path))
     if preprocess is not None:
         set_preprocessing(model, preprocess)
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
     return model
-
-
-# --------------------------------------------------------------------------- inspect
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """What a model file holds (``cifarkit inspect``)."""
-
-    path: Path
-    method: Literal["state_dict", "plain_state_dict", "full", "checkpoint", "safetensors"]
-    size_bytes: int
-    parameters: int | None
-    tensors: int | None
-    build: BuildRecord | None
-    checksum: Literal["ok", "absent"]
-    versions: dict[str, str]
-    references: list[str]
-    class_names: list[str] | None = None
-    epoch: int | None = None
-    preprocess: Preprocess | None = None
-
-    def __str__(self) -> str:
-        rows = [
-            ("file", str(self.path)),
-            ("method", self.method),
-            ("size", f"{self.size_bytes:,} bytes ({self.size_bytes / 1e6:.2f} MB)"),
-            ("parameters", "unknown (pickled module)" if self.parameters is None else f"{self.parameters:,}"),
-            ("build record", json.dumps(self.build) if self.build else "none"),
-            ("checksum", self.checksum),
-            ("versions", ", ".join(f"{k} {v}" for k, v in self.versions.items()) or "unknown"),
-        ]
-        if self.class_names:
-            rows.append(("class names", ", ".join(self.class_names)))
-        if self.preprocess is not None:
-            p = self.preprocess
-            norm = f"mean {p.get('mean')}, std {p.get('std')}" if p.get("mean") is not None else "none"
-            rows.append(("preprocessing", f"size {p.get('input_size') or 'any'}, {p.get('scale')}, normalize: {norm}"))
-        if self.references:
-            rows.append(("pickled classes", ", ".join(self.references)))
-        if self.epoch is not None:
-            rows.append(("epoch", str(self.epoch)))
-        return format_table(rows)
-
-
-def inspect(path: PathLike) -> FileInfo:
-    """Describe a model file without running any pickled code.
-
-    For a whole pickled module (method ``"full"``) the classes it references are listed but
-    nothing is unpickled, so its parameter count is unknown.
-
-    Raises:
-        CorruptCheckpointError: the file fails its checksum (or is damaged).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> from cifarkit import build_cnn, save
-        >>> info = inspect(save(build_cnn(), pathlib.Path(tempfile.mkdtemp()) / "m.pt"))
-        >>> info.method, info.parameters, info.checksum
-        ('state_dict', 145578, 'ok')
-    """
-    file = Path(path)
-    kind = sniff(file)
-    size = file.stat().st_size
-    if kind != "safetensors":
-        with contextlib.suppress(UnsafeLoadError):
-            obj = torch_load(file, trusted=False, map_location="cpu")
-            return _describe(file, obj, size, is_safetensors=False)
-        return FileInfo(
-            path=file,
-            method="full",
-            size_bytes=size,
-            parameters=None,
-            tensors=None,
-            build=None,
-            checksum="absent",
-            versions={},
-            references=unsafe_globals(file),
-        )
-    return _describe(file, read_safetensors(file), size, is_safetensors=True)
-
-
-def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileInfo:
-    method: Any
-    inner = obj
-    epoch = None
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        method, inner, epoch = "checkpoint", obj.get("model"), obj.get("epoch")
-    elif isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        method = "safetensors" if is_safetensors else "state_dict"
-    else:
-        method = "safetensors" if is_safetensors else "plain_state_dict"
-    state_dict, record = weights_and_record(inner, file)
-    has_sum = isinstance(inner, Mapping) and inner.get("sha256") is not None
-    versions = inner.get("versions", {}) if isinstance(inner, Mapping) else {}
-    names = inner.get("classes") if isinstance(inner, Mapping) else None
-    return FileInfo(
-        path=file,
-        method=method,
-        size_bytes=size,
-        parameters=sum(t.numel() for t in state_dict.values()),
-        tensors=len(state_dict),
-        build=cast("BuildRecord | None", record),
-        checksum="ok" if has_sum else "absent",
-        versions=dict(versions or {}),
-        references=[],
-        class_names=list(names) if isinstance(names, list) else None,
-        preprocess=_file_preprocess(inner, file),
-        epoch=epoch,
-    )
