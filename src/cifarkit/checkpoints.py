@@ -11,7 +11,7 @@ Format versions: 1 (cifarkit 0.1: model, optimizer, epoch, history, CPU random s
 resume (1 and 2 with their model's tensor checksum only); a newer version is refused with its number.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.persist, cifarkit.history,
-cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers.
+cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers, cifarkit.writing.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cifarkit.history import History
 from cifarkit.inspection import metadata_problems
 from cifarkit.persist import check_finite_weights, state_payload
 from cifarkit.wrappers import unwrap_model
+from cifarkit.writing import check_writable
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -134,6 +135,7 @@ def save_checkpoint(
         >>> load_checkpoint(path, model=build_cnn()).epoch
         3
     """
+    check_writable(path)
     check_finite_weights(model, path)
     payload = {
         "format": CHECKPOINT_FORMAT,

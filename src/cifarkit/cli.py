@@ -1,14 +1,15 @@
 """The ``cifarkit`` command: train, doctor, evaluate, predict, inspect and plot.
 
-Bad arguments exit with status 2 and a one-line message; library errors exit with status 1 and
-the library's message (``--debug`` shows the traceback). The command owns its process, so unlike
-a library call it may change process-wide settings: it seeds torch and turns on
-:func:`~cifarkit.device.retain_cpu_memory`.
+Bad arguments exit with status 2 and a one-line message (checked before any work: ``--out``,
+``--checkpoint`` and ``--log-dir`` included); failures exit with status 1 and the library's
+message on one line (``--debug`` shows the traceback). No input prints a traceback otherwise.
+The command owns its process, so unlike a library call it may change process-wide settings: it
+seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader,
 cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
 cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules,
-cifarkit.preprocess.
+cifarkit.preprocess, cifarkit.writing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -38,6 +40,7 @@ from cifarkit.prediction import predict
 from cifarkit.preprocess import preprocessing_of
 from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
+from cifarkit.writing import check_writable
 
 __all__ = ["build_parser", "main"]
 
@@ -176,8 +179,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    print(inspect(args.file))
-    return 0
+    info = inspect(args.file)
+    print(info)
+    return 0 if info.ok else 1
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -260,25 +264,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors found before any work: each exits 2 with one line."""
     for name in ("epochs", "batch_size", "train_size", "size", "top", "image_size"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= getattr(args, "seed", 0) < 2**63:
+        parser.error("--seed must be from 0 to 2**63 - 1")
     if getattr(args, "model", "vgg16") != "vgg16" and (args.weights is not None or args.freeze_features):
         parser.error("--weights and --freeze-features go with --model vgg16")
     if getattr(args, "model", "vgg16") != "vgg16" and args.image_size != 32:
         parser.error(f"--model {args.model} takes 32x32 images: use --image-size 32, or --model vgg16")
+    try:  # where the results go is checked before training, not discovered after it
+        if hasattr(args, "device"):
+            resolve_device(args.device)
+        for name in ("out", "checkpoint"):
+            if getattr(args, name, None) is not None:
+                check_writable(getattr(args, name))
+        log_dir = getattr(args, "log_dir", None)
+        if log_dir is not None and (Path(log_dir).exists() and not Path(log_dir).is_dir()):
+            parser.error(f"--log-dir {log_dir} is a file; pass a folder (it is created)")
+        if log_dir is not None:
+            check_writable(Path(log_dir) / "history.json")
+    except CifarkitError as exc:
+        parser.error(str(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (a diagnosis has several), at most 2,000 characters."""
+    text = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    0: done (``inspect``: the file is sound). 1: a failure (a damaged file, a diverged run,
+    ``inspect`` found problems), one line on stderr. 2: a usage error, one line on stderr.
+    ``--debug`` shows tracebacks instead. No input makes it print a traceback otherwise.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_usage(parser, args)
     try:
         status: int = args.func(args)
-    except (CifarkitError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"cifarkit: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("cifarkit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        known = isinstance(exc, (CifarkitError, OSError, ValueError))
+        prefix = "" if known else f"unexpected {type(exc).__name__} (run with --debug and report it): "
+        print(f"cifarkit: error: {prefix}{_one_line(exc)}", file=sys.stderr)
+        return 1
     return status

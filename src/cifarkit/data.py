@@ -121,7 +121,52 @@ def _read_batch(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         msg = f"{path} holds a {type(raw).__name__}, not the dict of a CIFAR-10 batch file"
         raise DatasetFormatError(msg)
-    return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
+    batch = {}
+    for key, value in raw.items():
+        try:
+            batch[key.decode() if isinstance(key, bytes) else key] = value
+        except UnicodeDecodeError as exc:
+            msg = f"{path} has a key that is not UTF-8 text ({key[:40]!r}): the file is damaged; re-extract it"
+            raise DatasetFormatError(msg) from exc
+        if not isinstance(key, (bytes, str)):
+            msg = f"{path} has a key of type {type(key).__name__}: the file is damaged; re-extract it"
+            raise DatasetFormatError(msg)
+    return batch
+
+
+def _label_names(meta: dict[str, Any], path: Path) -> list[str]:
+    names = meta.get("label_names")
+    if names is None:
+        return list(CIFAR10_CLASSES)
+    if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        msg = f"{path}: 'label_names' must be a non-empty list of names; re-extract the archive"
+        raise DatasetFormatError(msg)
+    try:
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: a label name is not UTF-8 text; re-extract the archive"
+        raise DatasetFormatError(msg) from exc
+
+
+def _batch_arrays(batch: dict[str, Any], path: Path, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's images ``(N, 3, 32, 32)`` uint8 and labels, after checking dtype, shape and range."""
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        msg = f"{path}: 'data' must be a (N, 3072) uint8 array, found {found}; re-extract the archive"
+        raise DatasetFormatError(msg)
+    if isinstance(labels, np.ndarray):
+        labels = labels.tolist() if labels.ndim == 1 and labels.dtype.kind in "iu" else None
+    if not (
+        isinstance(labels, list)
+        and len(labels) == data.shape[0]
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < classes for v in labels)
+    ):
+        msg = f"{path}: 'labels' must be a list of {data.shape[0]} ints from 0 to {classes - 1}; re-extract the archive"
+        raise DatasetFormatError(msg)
+    # Rows are 1024 red, 1024 green, 1024 blue values: exactly (3, 32, 32) in C order.
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)
+    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def _find_folder(root: Path) -> Path | None:
@@ -159,7 +204,9 @@ def load_cifar10(root: str | os.PathLike[str], *, train: bool = True, download: 
     Raises:
         DatasetNotFoundError: the folder or a batch file is missing (or the download failed).
         DatasetFormatError: a batch file is damaged or holds anything but arrays and lists (the
-            files are read with a restricted unpickler, so a tampered file cannot run code).
+            files are read with a restricted unpickler, so a tampered file cannot run code); its
+            keys are not text, its images not ``(N, 3072)`` uint8, its labels not ints within the
+            label names.
 
     Example:
         >>> load_cifar10("/nonexistent")  # doctest: +ELLIPSIS
@@ -183,22 +230,13 @@ def load_cifar10(root: str | os.PathLike[str], *, train: bool = True, download: 
     if missing:
         msg = f"{folder} lacks {', '.join(missing)}: re-extract cifar-10-python.tar.gz there"
         raise DatasetNotFoundError(msg)
-    meta = _read_batch(folder / "batches.meta")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
+    classes = _label_names(_read_batch(folder / "batches.meta"), folder / "batches.meta")
     images, labels = [], []
     for name in names:
-        batch = _read_batch(folder / name)
-        data, batch_labels = batch.get("data"), batch.get("labels")
-        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
-            msg = f"{folder / name}: 'data' must be a (N, 3072) uint8 array"
-            raise DatasetFormatError(msg)
-        if not isinstance(batch_labels, list) or len(batch_labels) != data.shape[0]:
-            msg = f"{folder / name}: 'labels' must be a list of {data.shape[0]} ints"
-            raise DatasetFormatError(msg)
-        # Rows are 1024 red, 1024 green, 1024 blue values: exactly (3, 32, 32) in C order.
-        images.append(torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8)).view(-1, 3, 32, 32))
-        labels.append(torch.tensor(batch_labels, dtype=torch.int64))
-    return ImageTensors(torch.cat(images), torch.cat(labels), classes or list(CIFAR10_CLASSES))
+        batch_images, batch_labels = _batch_arrays(_read_batch(folder / name), folder / name, len(classes))
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return ImageTensors(torch.cat(images), torch.cat(labels), classes)
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -36,6 +36,9 @@ __all__ = [
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: CUDA if available, else MPS, else CPU; anything else as ``torch.device``.
 
+    Raises:
+        InvalidOptionError: not a device name, or a CUDA/MPS device this machine does not have.
+
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
@@ -50,10 +53,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         msg = f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'"
         raise InvalidOptionError(msg) from exc
+    _check_present(resolved)
+    return resolved
+
+
+def _check_present(device: torch.device) -> None:
+    """Refuse a CUDA device (or index) or MPS that this machine does not have, with what it has."""
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            msg = f"device='{device}' is not available: this machine has {count} CUDA device(s); use 'auto' or 'cpu'"
+            raise InvalidOptionError(msg)
+    elif device.type == "mps" and not (mps is not None and mps.is_available()):
+        msg = "device='mps' is not available (it needs Apple silicon and a torch built for it); use 'auto' or 'cpu'"
+        raise InvalidOptionError(msg)
 
 
 def cpu_supports_bf16() -> bool:

@@ -48,10 +48,14 @@ def _read_picture(item: object) -> torch.Tensor:
 
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
+        if not path.is_file():  # a FIFO would block the read for ever
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            msg = f"cannot read image {path}: it {what}. Pass a PNG/JPEG/BMP file, a PIL image or a tensor"
+            raise ImageReadError(msg)
         try:
             with Image.open(path) as img:
                 item = img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             msg = f"cannot read image {path}: {exc}. Pass a PNG/JPEG/BMP file, a PIL image or a tensor"
             raise ImageReadError(msg) from exc
     if not isinstance(item, Image.Image):

@@ -9,7 +9,7 @@ the new one is complete on disk. ``load`` rebuilds the model from its record wit
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.models, cifarkit.tables,
-cifarkit.wrappers, cifarkit.preprocess, cifarkit.records, cifarkit.checksums, cifarkit.inspection.
+cifarkit.wrappers, cifarkit.preprocess, cifarkit.records, cifarkit.checksums, cifarkit.inspection, cifarkit.writing.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
 from cifarkit.records import validate_build_record
 from cifarkit.wrappers import unwrap_model
+from cifarkit.writing import check_writable
 
 __all__ = [
     "FileInfo",
@@ -165,6 +166,9 @@ def save(
 
     Raises:
         NonFiniteWeightsError: a parameter holds NaN/inf (nothing is written).
+        CheckpointIsDirectoryError: ``path`` is a directory.
+        WriteError: a FIFO, device or socket at ``path``, the disk full, a failed ``fsync``: the
+            previous file is intact and no temporary is left (see :mod:`cifarkit.writing`).
 
     Example:
         >>> import tempfile, pathlib
@@ -174,6 +178,7 @@ def save(
         'CifarCNN'
     """
     check_choice("method", method, get_args(Method))
+    check_writable(path)  # a directory, FIFO or device at the path: refused before any work
     if not allow_nonfinite:
         check_finite_weights(model, path)
     if method == "safetensors":
