@@ -16,6 +16,7 @@ cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers, cifarkit.writing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -288,15 +289,17 @@ def load_checkpoint(
     parts = (unwrap_model(model), optimizer, scheduler, scaler)
     saved = (diag.state_dict, obj.get("optimizer"), obj.get("scheduler"), obj.get("scaler"))
     before, states = _state_dicts(*parts), random_states()
+    touched: list[tuple[Any, Any]] = []
     try:
-        for part, state in zip(parts, saved):
+        for part, state, old in zip(parts, saved, before):
             if part is not None and state is not None:
+                touched.append((part, old))  # before loading: a part that fails half-way is rolled back too
                 part.load_state_dict(state)
         set_random_states(rng)
     except Exception as exc:
-        for part, state in zip(parts, before):
-            if part is not None:
-                part.load_state_dict(state)
+        for part, old in reversed(touched):
+            with contextlib.suppress(Exception):  # the error worth reporting is the first one
+                part.load_state_dict(old)
         set_random_states(states)
         raise _bad(path, f"restoring it failed ({type(exc).__name__}: {excerpt(str(exc))})") from exc
     return Checkpoint(

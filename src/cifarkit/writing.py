@@ -80,7 +80,7 @@ def check_writable(path: PathLike) -> Path:
     target = Path(os.path.realpath(given)) if given.is_symlink() else given
     try:
         info = target.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # new, or under a file (checked below)
         info = None
     except OSError as exc:
         msg = f"cannot write to {given}: {exc.strerror or exc}"
@@ -172,8 +172,8 @@ def _write_error(target: Path, exc: OSError, step: str) -> WriteError:
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
            errno.EFBIG: "the file is larger than allowed"}.get(exc.errno or 0, exc.strerror or str(exc))  # fmt: skip
     msg = f"could not {step} {target}: {why}. Nothing was changed: the previous file (if any) is intact"
-    error = WriteError(exc.errno or errno.EIO, msg)
-    error.args = (msg,)
+    error = WriteError(msg)
+    error.errno = exc.errno  # for code that checks errno.ENOSPC; the message stays the one above
     return error
 
 
