@@ -54,6 +54,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model": save(model, folder / "m.pt", classes=list("abcdefghij")),
         "checkpoint": save_checkpoint(folder / "ck.pt", model=model, optimizer=optimizer, epoch=1),
         "full": save(model, folder / "full.pt", method="full"),
+        "safetensors": save(model, folder / "m.safetensors", method="safetensors", classes=list("abcdefghij")),
     }
 
 
@@ -444,7 +445,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 
 @FUZZ
-@given(source=st.sampled_from(["model", "checkpoint", "full"]), mutation=MUTATION)
+@given(source=st.sampled_from(["model", "checkpoint", "full", "safetensors"]), mutation=MUTATION)
 def test_fuzzed_files_raise_only_cifarkit_errors_within_memory(
     files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, source: str, mutation: tuple[Any, ...]
 ) -> None:
@@ -538,3 +539,66 @@ def test_fuzzed_cifar_batches_raise_only_dataset_errors(
     except DatasetFormatError:
         pass
     assert growth < 48 * MiB
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [torch.zeros(32, 3, 5, 5).to_sparse(), torch.empty(32, 3, 5, 5, device="meta")],
+    ids=["sparse", "meta"],
+)
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_tensors_without_dense_data_are_refused(tmp_path: Path, tensor: torch.Tensor) -> None:
+    weights = build_cnn().state_dict() | {"sequential.0.weight": tensor}
+    path = write(tmp_path / "odd.pt", weights)
+    with pytest.raises(CorruptCheckpointError, match="dense tensors"):
+        load(path, model=build_cnn())
+    with pytest.raises(CorruptCheckpointError, match="dense tensors"):
+        diagnose(build_cnn(), path)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [({"classes": [1, 2]}, "class names"), ({"versions": ["torch"]}, "versions"), ({"versions": None}, "versions")],
+)
+def test_wrong_typed_metadata_is_a_record_error(
+    tmp_path: Path, files: dict[str, Path], change: dict[str, Any], why: str
+) -> None:
+    path = write(tmp_path / "meta.pt", signed(_raw(files["model"]) | change))
+    with pytest.raises(ModelRecordError, match=why):
+        load(path)
+
+
+def test_a_stripped_checksum_is_refused(tmp_path: Path, files: dict[str, Path]) -> None:
+    for source in ("model", "checkpoint"):
+        raw = _raw(files[source])
+        del raw["payload_sha256"]
+        raw["classes" if source == "model" else "epoch"] = ["x"] * 10 if source == "model" else 9
+        path = write(tmp_path / f"{source}.pt", raw)
+        with pytest.raises(CorruptCheckpointError, match="checksum is missing"):
+            read_state_dict(path) if source == "model" else load_checkpoint(path, model=build_cnn())
+        assert any("checksum is missing" in p for p in inspect(path).problems)
+
+
+def test_a_legacy_format_pickled_module_is_unsafe_and_legacy_weights_load(tmp_path: Path) -> None:
+    model = build_cnn()
+    torch.save(model, tmp_path / "legacy-full.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeLoadError, match=r"cifarkit\.models\.CifarCNN"):
+        load(tmp_path / "legacy-full.pt")
+    assert inspect(tmp_path / "legacy-full.pt").method == "full"
+    torch.save(model.state_dict(), tmp_path / "legacy-weights.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(load(tmp_path / "legacy-weights.pt", model=build_cnn()).sequential[0].weight,
+                       model.sequential[0].weight)  # fmt: skip
+
+
+def test_a_crafted_safetensors_header_is_refused(tmp_path: Path, files: dict[str, Path]) -> None:
+    data = files["safetensors"].read_bytes()
+    huge = (10**12).to_bytes(8, "little") + data[8:]
+    (tmp_path / "huge.safetensors").write_bytes(huge)
+    with pytest.raises(CifarkitError):
+        load(tmp_path / "huge.safetensors")
+    header_size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + header_size].replace(b'"build":"{', b'"build":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[{')
+    crafted = len(header).to_bytes(8, "little") + header + data[8 + header_size :]
+    (tmp_path / "deep.safetensors").write_bytes(crafted)
+    with pytest.raises(CifarkitError):
+        load(tmp_path / "deep.safetensors")

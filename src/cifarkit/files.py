@@ -68,6 +68,7 @@ __all__ = [
     "PathLike",
     "atomic_write",
     "checksum_status",
+    "digest_stripped",
     "meta_digest",
     "read_bytes",
     "read_payload",
@@ -304,19 +305,22 @@ def checksum_status(obj: object) -> tuple[Checksum, str | None]:
     return "absent", None
 
 
+def digest_stripped(obj: object) -> bool:
+    """A model file of format 2 or a checkpoint of version 3 without its ``payload_sha256``: it was removed."""
+    if not isinstance(obj, Mapping) or obj.get(DIGEST_KEY) is not None:
+        return False
+    number = obj.get("format_version", 1)
+    newer = {FORMAT: 2, CHECKPOINT_FORMAT: 3}.get(str(obj.get("format")))
+    return newer is not None and (not isinstance(number, int) or number >= newer)
+
+
 def verify_checksum(obj: object, path: PathLike) -> Checksum:
     """Raise :class:`~cifarkit.errors.CorruptCheckpointError` unless ``obj`` passes its checksum.
 
     A format-2 model file (or version-3 checkpoint) without its digest fails too: it was stripped.
     """
     status, what = checksum_status(obj)
-    stripped = (
-        status == "absent"
-        and isinstance(obj, Mapping)
-        and obj.get("format") == FORMAT
-        and obj.get("format_version", 1) != 1
-    )
-    if status == "mismatch" or stripped:
+    if status == "mismatch" or digest_stripped(obj):
         msg = (
             f"{path} fails its SHA-256 check: {what or 'its checksum is missing'} (disk or copy corruption, "
             "or an edit). Restore it from a good copy or re-save the model."

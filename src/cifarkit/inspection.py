@@ -25,6 +25,7 @@ from cifarkit.files import (
     Checksum,
     PathLike,
     checksum_status,
+    digest_stripped,
     read_bytes,
     read_safetensors,
     torch_load,
@@ -186,8 +187,8 @@ def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileI
                         checksum="absent", versions={}, references=[], problems=[*problems, str(exc)])  # fmt: skip
     if checksum == "mismatch":
         problems.append(f"fails its SHA-256 check: {what}")
-    elif checksum == "absent" and isinstance(inner, Mapping) and inner.get("format") == FORMAT:
-        problems.append("its checksum is missing (a cifarkit file always has one: it was stripped)")
+    elif digest_stripped(obj) or digest_stripped(inner):
+        problems.append("its checksum is missing (a cifarkit file of this format always has one: it was stripped)")
     metadata = metadata_problems(obj)
     problems.extend(metadata)
     fields = inner if isinstance(inner, Mapping) and inner.get("format") == FORMAT else {}

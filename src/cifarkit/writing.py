@@ -252,7 +252,10 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
                 if handle.error is None:
                     raise
                 raise _write_error(target, handle.error, "write") from exc
-        os.replace(tmp_name, target)
+        try:
+            os.replace(tmp_name, target)
+        except OSError as exc:
+            raise _write_error(target, exc, "replace") from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
