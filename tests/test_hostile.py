@@ -602,3 +602,11 @@ def test_a_crafted_safetensors_header_is_refused(tmp_path: Path, files: dict[str
     (tmp_path / "deep.safetensors").write_bytes(crafted)
     with pytest.raises(CifarkitError):
         load(tmp_path / "deep.safetensors")
+
+
+def test_a_mismatch_message_quotes_little_of_the_files_keys(tmp_path: Path) -> None:
+    weights = {("k" * 100_000) + str(i): torch.zeros(1) for i in range(1000)}
+    path = write(tmp_path / "keys.pt", weights)
+    with pytest.raises(StateDictMismatchError) as caught:
+        load(path, model=build_cnn())
+    assert len(str(caught.value)) < 3000

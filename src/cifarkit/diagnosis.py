@@ -58,7 +58,8 @@ class Diagnosis:
         if self.unexpected:
             lines.append(f"  unexpected (in the file, not in the model): {_short(self.unexpected)}")
         for name, file_shape, model_shape in self.mismatched[:8]:
-            lines.append(f"  size mismatch for {name}: file has {list(file_shape)}, model has {list(model_shape)}")
+            shapes = f"file has {list(file_shape)}, model has {list(model_shape)}"
+            lines.append(f"  size mismatch for {_cut(name)}: {shapes}")
         lines.append("Likely cause and fix:")
         lines += [f"  - {text}" for text in self.explanations]
         lines.append(
@@ -68,8 +69,13 @@ class Diagnosis:
         return "\n".join(lines)
 
 
+def _cut(key: str, limit: int = 80) -> str:
+    """A key as quoted in a message: a file's key names can be arbitrarily long."""
+    return key if len(key) <= limit else key[: limit - 3] + "..."
+
+
 def _short(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
+    shown = ", ".join(_cut(k) for k in keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
