@@ -242,7 +242,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
             try:
                 write(handle)
                 handle.flush()
-                os.fchmod(handle.fileno(), _new_mode(existing))
+                if hasattr(os, "fchmod"):  # POSIX; Windows files have no mode bits worth keeping
+                    os.fchmod(handle.fileno(), _new_mode(existing))
                 os.fsync(handle.fileno())
             except CifarkitError:
                 raise
