@@ -82,6 +82,15 @@ def test_damaged_files_are_skipped_with_their_reason_or_fatal_by_option(folder: 
     assert listing(folder) == before  # nothing written to the folder
 
 
+def test_a_fifo_named_like_a_picture_is_skipped_not_waited_for(folder: Path) -> None:
+    os.mkfifo(folder / "cat" / "pipe.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 of"):
+        data = load_image_folder(folder)
+    assert [(Path(p).name, why) for p, why in data.skipped] == [
+        ("pipe.png", "not a regular file (a FIFO, device or socket)")
+    ]
+
+
 def test_a_reproducible_split_per_class(folder: Path) -> None:
     train, val = load_image_folder(folder, val_fraction=0.34, seed=1)
     again, val_again = load_image_folder(folder, val_fraction=0.34, seed=1)

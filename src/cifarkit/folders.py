@@ -60,6 +60,8 @@ def _read(path: Path, size: int) -> np.ndarray:
     """One picture as a uint8 array ``(size, size, 3)``; raises ``ImageReadError`` with the reason."""
     from PIL import Image, UnidentifiedImageError
 
+    if not path.is_file():  # a FIFO named like a picture would block the read for ever
+        raise ImageReadError("not a regular file (a FIFO, device or socket)")
     try:
         with Image.open(path) as img:
             width, height = img.size
