@@ -33,7 +33,14 @@ from torch import nn
 from cifarkit.checksums import excerpt, payload_digest
 from cifarkit.diagnosis import diagnose_state_dict
 from cifarkit.errors import CorruptCheckpointError, HistoryFormatError, NotACheckpointError, StateDictMismatchError
-from cifarkit.files import CHECKPOINT_FORMAT, DIGEST_KEY, atomic_write, read_payload, weights_and_record
+from cifarkit.files import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    DIGEST_KEY,
+    atomic_write,
+    read_payload,
+    weights_and_record,
+)
 from cifarkit.history import History
 from cifarkit.inspection import metadata_problems
 from cifarkit.persist import check_finite_weights, state_payload
@@ -50,7 +57,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-CHECKPOINT_VERSION = 3
 
 
 @dataclass

@@ -61,6 +61,7 @@ from cifarkit.writing import atomic_write as atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
     "DIGEST_KEY",
     "FORMAT",
     "FORMAT_VERSION",
@@ -86,6 +87,8 @@ __all__ = [
 FORMAT = "cifarkit.state_dict"
 CHECKPOINT_FORMAT = "cifarkit.checkpoint"
 FORMAT_VERSION = 2
+#: The newest checkpoint format this cifarkit writes and resumes (see :mod:`cifarkit.checkpoints`).
+CHECKPOINT_VERSION = 3
 #: The key of the whole-payload digest (model files of format 2, checkpoints of version 3).
 DIGEST_KEY = "payload_sha256"
 #: The most bytes one JSON string in a safetensors file's metadata may hold.
