@@ -138,7 +138,12 @@ class WeightsOnlyFileError(CifarkitError, ValueError):
 
 
 class UnsafeLoadError(CifarkitError, pickle.UnpicklingError):
-    """A file is a pickled module and loading it would run arbitrary code."""
+    """A file is a pickled module and loading it would run arbitrary code.
+
+    ``references`` lists the globals it names outside torch's allowlist (nothing was imported).
+    """
+
+    references: tuple[str, ...] = ()
 
 
 class ModelClassNotFoundError(CifarkitError, ImportError):

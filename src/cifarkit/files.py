@@ -169,10 +169,7 @@ def torch_load(path: Path, *, trusted: bool, map_location: Any, data: bytes | No
         ModelClassNotFoundError: ``trusted`` but the pickled class cannot be imported.
         CorruptCheckpointError: the file is truncated or damaged (or a compression bomb).
     """
-    if data is None:
-        data, kind = read_bytes(path)
-    else:
-        kind = file_kind(data[:16], len(data), path)
+    data, kind = _with_kind(path, data)
     if kind == "zip":
         check_zip(data, path)
     try:
@@ -190,17 +187,20 @@ def torch_load(path: Path, *, trusted: bool, map_location: Any, data: bytes | No
                 "Pass trusted=True only for files you created, or re-save the model with "
                 "cifarkit.save(model, path) (method 'state_dict') to load it safely."
             )
-            raise UnsafeLoadError(msg) from exc
+            error = UnsafeLoadError(msg)
+            error.references = tuple(names)
+            raise error from exc
     return _trusted_load(path, data, map_location)
+
+
+def _with_kind(path: Path, data: bytes | None) -> tuple[bytes, Kind]:
+    """The file's bytes (read now unless given) and their kind."""
+    return read_bytes(path) if data is None else (data, file_kind(data[:16], len(data), path))
 
 
 def unsafe_globals(path: Path, data: bytes | None = None) -> list[str]:
     """The globals a pickled checkpoint references outside torch's allowlist (nothing is run)."""
-    if data is None:
-        data, kind = read_bytes(path)
-    else:
-        kind = file_kind(data[:16], len(data), path)
-    return references(data, kind) or []
+    return references(*_with_kind(path, data)) or []
 
 
 def _trusted_load(path: Path, data: bytes, map_location: Any) -> Any:

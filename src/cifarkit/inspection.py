@@ -12,10 +12,10 @@ cifarkit.records, cifarkit.tables.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from cifarkit.checksums import excerpt
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError, NotACheckpointError, UnsafeLoadError
@@ -30,7 +30,6 @@ from cifarkit.files import (
     read_bytes,
     read_safetensors,
     torch_load,
-    unsafe_globals,
     weights_and_record,
 )
 from cifarkit.preprocess import Preprocess, validate_record
@@ -38,8 +37,6 @@ from cifarkit.records import MAX_CLASSES, BuildRecord, validate_build_record
 from cifarkit.tables import format_table
 
 __all__ = ["FileInfo", "file_preprocess", "inspect", "metadata_problems"]
-
-_T = TypeVar("_T")
 
 
 def _model_part(obj: Any) -> Any:
@@ -49,27 +46,31 @@ def _model_part(obj: Any) -> Any:
     return obj
 
 
-def metadata_problems(obj: Any) -> list[str]:
-    """What is wrong with a cifarkit payload's records, class names and versions (nothing is built)."""
-    inner = _model_part(obj)
+def _field_problems(inner: Any) -> dict[str, str]:
+    """Field of a cifarkit payload -> what is wrong with it (records, class names, versions)."""
     if not (isinstance(inner, Mapping) and inner.get("format") == FORMAT):
-        return []
-    problems = []
+        return {}
+    problems = {}
     for key, validate in (("build", validate_build_record), ("preprocess", validate_record)):
         if inner.get(key) is not None:
             try:
                 validate(inner[key])
             except ModelRecordError as exc:
-                problems.append(str(exc))
+                problems[key] = str(exc)
     names = inner.get("classes")
     if names is not None and not (
         isinstance(names, list) and len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)
     ):
-        problems.append(f"class names {excerpt(names)} are not a list of at most {MAX_CLASSES:,} strings")
+        problems["classes"] = f"class names {excerpt(names)} are not a list of at most {MAX_CLASSES:,} strings"
     found = inner.get("versions", {})
     if not (isinstance(found, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in found.items())):
-        problems.append(f"versions {excerpt(found)} are not a dict of names to version strings")
+        problems["versions"] = f"versions {excerpt(found)} are not a dict of names to version strings"
     return problems
+
+
+def metadata_problems(obj: Any) -> list[str]:
+    """What is wrong with a cifarkit payload's records, class names and versions (nothing is built)."""
+    return list(_field_problems(_model_part(obj)).values())
 
 
 def file_preprocess(obj: Any) -> Preprocess | None:
@@ -161,10 +162,10 @@ def inspect(path: PathLike) -> FileInfo:
         return _describe(file, read_safetensors(file, data), size, is_safetensors=True)
     try:
         obj = torch_load(file, trusted=False, map_location="cpu", data=data)
-    except UnsafeLoadError:
+    except UnsafeLoadError as exc:
         return FileInfo(
             path=file, method="full", size_bytes=size, parameters=None, tensors=None, build=None,
-            checksum="absent", versions={}, references=unsafe_globals(file, data),
+            checksum="absent", versions={}, references=list(exc.references),
         )  # fmt: skip
     del data
     return _describe(file, obj, size, is_safetensors=False)
@@ -195,32 +196,22 @@ def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileI
         problems.append(f"fails its SHA-256 check: {what}")
     elif digest_stripped(obj) or digest_stripped(inner):
         problems.append("its checksum is missing (a cifarkit file of this format always has one: it was stripped)")
-    metadata = metadata_problems(obj)
-    problems.extend(metadata)
+    bad = _field_problems(inner)
+    problems.extend(bad.values())
     fields = inner if isinstance(inner, Mapping) and inner.get("format") == FORMAT else {}
-    names, found = fields.get("classes"), fields.get("versions", {})
+    sound = {key: fields.get(key) for key in ("build", "preprocess", "classes") if key not in bad}
     return FileInfo(
         path=file,
         method=method,
         size_bytes=size,
         parameters=sum(t.numel() for t in state_dict.values()),
         tensors=len(state_dict),
-        build=_valid_or_none(validate_build_record, fields.get("build")),
+        build=sound.get("build"),
         checksum=checksum,
-        versions=dict(found) if not any(p.startswith("versions") for p in metadata) else {},
+        versions={} if "versions" in bad else dict(fields.get("versions", {})),
         references=[],
-        class_names=None if any(p.startswith("class") for p in metadata) or names is None else list(names),
-        preprocess=_valid_or_none(validate_record, fields.get("preprocess")),
+        class_names=sound.get("classes"),
+        preprocess=sound.get("preprocess"),
         epoch=epoch,
         problems=problems,
     )
-
-
-def _valid_or_none(validate: Callable[[Any], _T], value: object) -> _T | None:
-    """``validate(value)``, or ``None`` when the value is absent or malformed (listed as a problem)."""
-    if value is None:
-        return None
-    try:
-        return validate(value)
-    except ModelRecordError:
-        return None

@@ -9,7 +9,7 @@ the new one is complete on disk. ``load`` rebuilds the model from its record wit
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.models, cifarkit.tables,
-cifarkit.wrappers, cifarkit.preprocess, cifarkit.records, cifarkit.checksums, cifarkit.inspection, cifarkit.writing.
+cifarkit.wrappers, cifarkit.preprocess, cifarkit.checksums, cifarkit.inspection, cifarkit.writing.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from cifarkit.inspection import file_preprocess, metadata_problems
 from cifarkit.inspection import inspect as inspect
 from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
-from cifarkit.records import validate_build_record
 from cifarkit.wrappers import unwrap_model
 from cifarkit.writing import check_writable
 
@@ -222,14 +221,13 @@ def diagnose(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, torch
 def _rebuilt(record: Any, state_dict: Mapping[str, torch.Tensor], path: PathLike, *, strict: bool) -> nn.Module:
     """The model a checked build record describes, built only after the file's shapes were compared
     on a ``meta`` model (no memory): a record cannot make ``load`` allocate more than the tensors need."""
-    checked = validate_build_record(record)
     with torch.device("meta"):
-        skeleton = rebuild(checked)
+        skeleton = rebuild(record)  # rebuild checks the record first
     diag = diagnose_state_dict(skeleton, state_dict)
     if strict and not diag.ok:
         msg = f"cannot load {os.fspath(path)} into {type(skeleton).__name__}: {diag}"
         raise StateDictMismatchError(msg)
-    return rebuild(checked)
+    return rebuild(record)
 
 
 def load(
