@@ -5,27 +5,30 @@ Classes are discovered with torchvision's ``find_classes`` (sorted folder names,
 ``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
 The folder is only read, never written to.
 
-May import: cifarkit.errors, cifarkit.progress, cifarkit.data.
+May import: cifarkit.errors, cifarkit.progress, cifarkit.data, cifarkit.images.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import overload
+from typing import TypeVar, overload
 
-import numpy as np
 import torch
 
 from cifarkit.data import ImageTensors
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
+from cifarkit.images import decode_file, resize_pixels
 from cifarkit.progress import progress_bar
 
 __all__ = ["is_image_folder", "load_image_folder"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def _extensions() -> tuple[str, ...]:
@@ -54,32 +57,6 @@ def _files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
         dirs.sort()
         found += [Path(parent) / n for n in sorted(names) if n.lower().endswith(extensions)]
     return found
-
-
-def _read(path: Path, size: int) -> np.ndarray:
-    """One picture as a uint8 array ``(size, size, 3)``; raises ``ImageReadError`` with the reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():  # a FIFO named like a picture would block the read for ever
-        raise ImageReadError("not a regular file (a FIFO, device or socket)")
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
-                msg = (
-                    f"{width}x{height} pixels is over Pillow's decompression-bomb limit "
-                    f"({Image.MAX_IMAGE_PIXELS:,} pixels)"
-                )
-                raise ImageReadError(msg)
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-            rgb = img.convert("RGB")  # palette, RGBA, grayscale: RGB; a GIF: its first frame
-            # Pillow's filters antialias when they shrink
-            small = rgb.resize((size, size), Image.Resampling.BILINEAR) if rgb.size != (size, size) else rgb
-            return np.asarray(small, dtype=np.uint8)  # (H, W, 3): torch sees the whole stack once, at the end
-    except ImageReadError:
-        raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +180,7 @@ def load_image_folder(
     if not arrays:
         msg = f"none of the {len(files)} files under {base} could be read as an image"
         raise DatasetFormatError(msg)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+    images = torch.stack(arrays)  # (N, 3, size, size) uint8
     data = ImageTensors(images, torch.tensor(labels, dtype=torch.int64), list(names), skipped)
     if val_fraction is None:
         return data
@@ -232,22 +209,34 @@ def _class_names(base: Path, classes: Sequence[str] | None) -> list[str]:
     return names
 
 
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[_T], _R], items: Sequence[_T], *, window: int) -> Iterator[_R]:
+    """``pool.map(fn, items)`` with at most ``window`` results pending: full-size photos decoded
+    ahead of the resizing thread would otherwise pile up in memory."""
+    pending: deque[Future[_R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _decode(
     files: list[tuple[Path, int]], size: int, *, skip_errors: bool, workers: int | None, progress: bool
-) -> tuple[list[np.ndarray], list[int], list[tuple[str, str]]]:
+) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]]]:
     threads = workers or min(8, os.cpu_count() or 1)
 
-    def read(item: tuple[Path, int]) -> np.ndarray | ImageReadError:
+    def read(item: tuple[Path, int]) -> torch.Tensor | ImageReadError:
         try:
-            return _read(item[0], size)
+            return decode_file(item[0])  # threads decode (Pillow releases the GIL)
         except ImageReadError as exc:
             return exc
 
-    images: list[np.ndarray] = []
+    images: list[torch.Tensor] = []
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = pool.map(read, files, chunksize=max(1, math.ceil(len(files) / (threads * 8))))
+        results = _ordered(pool, read, files, window=4 * threads)
         for (path, label), result in zip(files, progress_bar(results, desc="reading images", enabled=progress)):
             if isinstance(result, ImageReadError):
                 if not skip_errors:
@@ -255,6 +244,6 @@ def _decode(
                     raise ImageReadError(msg) from result
                 skipped.append((str(path), str(result)))
                 continue
-            images.append(result)
+            images.append(resize_pixels(result, size))  # one thread resizes: torch's small ops hold the GIL
             labels.append(label)
     return images, labels, skipped

@@ -3,8 +3,12 @@ every model file, so that prediction and evaluation feed it what it was trained 
 
 A record is plain JSON::
 
-    {"input_size": [32, 32], "channels": "RGB", "scale": "uint8 / 255",
+    {"input_size": [32, 32], "channels": "RGB", "resize": "bilinear-antialias", "scale": "uint8 / 255",
      "mean": [0.5, 0.5, 0.5] or None, "std": [0.25, 0.25, 0.25] or None, "classes": [...] or None}
+
+``resize`` names how a picture of another size is brought to ``input_size`` (see
+:mod:`cifarkit.images`, which implements it, and :mod:`cifarkit.export`, which puts it in the
+exported program).
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
 
@@ -26,6 +30,7 @@ from cifarkit.wrappers import unwrap_model
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "RESIZE_METHOD",
     "Preprocess",
     "make_record",
     "normalize",
@@ -38,6 +43,8 @@ __all__ = [
 #: ImageNet's per-channel mean and std, what torchvision's pretrained VGG16 expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The one resize method (float32 bilinear with antialiasing, rounded to uint8; see :mod:`cifarkit.images`).
+RESIZE_METHOD = "bilinear-antialias"
 _ATTR = "_cifarkit_preprocess"
 Preprocess = dict[str, Any]
 
@@ -59,6 +66,7 @@ def make_record(
         {
             "input_size": list(input_size) if input_size is not None else None,
             "channels": "RGB",
+            "resize": RESIZE_METHOD,
             "scale": "uint8 / 255",
             "mean": [float(v) for v in mean] if mean is not None else None,
             "std": [float(v) for v in std] if std is not None else None,
@@ -84,6 +92,8 @@ def validate_record(record: object) -> Preprocess:
         isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 1 <= v <= 8192 for v in size)
     ):
         raise bad("input_size must be [height, width] in pixels")
+    if record.get("resize", RESIZE_METHOD) != RESIZE_METHOD:
+        raise bad(f"resize must be {RESIZE_METHOD!r}, the one method cifarkit implements")
     for key in ("mean", "std"):
         values = record.get(key)
         if values is not None and not (
