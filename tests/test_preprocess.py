@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, 
 def test_the_record_is_taken_from_the_loader_and_kept_as_given(trained: tuple[torch.nn.Module, Path]) -> None:
     model, path = trained
     record = preprocessing_of(model)
-    assert record == {"input_size": [32, 32], "channels": "RGB", "scale": "uint8 / 255", "mean": list(MEAN),
+    assert record == {"input_size": [32, 32], "channels": "RGB", "resize": "bilinear-antialias", "scale": "uint8 / 255", "mean": list(MEAN),
                       "std": list(STD), "classes": synthetic_cifar10(1).classes}  # fmt: skip
     raw = torch.load(path, weights_only=True)
     assert raw["preprocess"]["mean"] == [0.13, 0.5, 0.87]  # not float32's 0.12999999523
