@@ -36,6 +36,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("distributed glue", ["distributed"]),
     ("training helpers", ["meters", "steps", "stopping", "doctor"]),
     ("evaluation and prediction", ["evaluation", "prediction"]),
+    ("running exported programs", ["runtime"]),
+    ("leaving Python", ["exporting"]),
     ("the training loop", ["train"]),
     ("the command", ["cli"]),
     ("the face", ["__init__", "__main__"]),

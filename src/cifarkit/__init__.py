@@ -12,9 +12,9 @@ The package is flat; each module holds one concern and imports only modules belo
 layers are listed in the guide's "How cifarkit is built" page and kept by a test).
 
 May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
-cifarkit.errors, cifarkit.evaluation, cifarkit.folders, cifarkit.grads, cifarkit.history,
+cifarkit.errors, cifarkit.evaluation, cifarkit.exporting, cifarkit.folders, cifarkit.grads, cifarkit.history,
 cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction,
-cifarkit.preprocess, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
+cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.diagnosis import Diagnosis
 from cifarkit.doctor import DoctorReport, doctor
 from cifarkit.evaluation import EvalResult, evaluate
+from cifarkit.exporting import ExportReport, export
 from cifarkit.folders import load_image_folder
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
 from cifarkit.history import EpochStats, History
@@ -36,6 +37,7 @@ from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summ
 from cifarkit.persist import FileInfo, diagnose, inspect, load, save
 from cifarkit.prediction import Prediction, predict
 from cifarkit.preprocess import preprocessing_of
+from cifarkit.runtime import ExportedModel, load_exported
 from cifarkit.schedules import cosine, one_cycle
 from cifarkit.train import train_loop, train_one_epoch
 
@@ -52,6 +54,8 @@ __all__ = [
     "DoctorReport",
     "EpochStats",
     "EvalResult",
+    "ExportReport",
+    "ExportedModel",
     "FileInfo",
     "GradReport",
     "History",
@@ -72,12 +76,14 @@ __all__ = [
     "doctor",
     "errors",
     "evaluate",
+    "export",
     "grad_report",
     "inspect",
     "l1_loss",
     "load",
     "load_checkpoint",
     "load_cifar10",
+    "load_exported",
     "load_image_folder",
     "mse_loss",
     "one_cycle",

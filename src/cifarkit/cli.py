@@ -1,4 +1,7 @@
-"""The ``cifarkit`` command: train, doctor, evaluate, predict, inspect and plot.
+"""The ``cifarkit`` command: train, doctor, evaluate, predict, export, inspect and plot.
+
+``evaluate`` and ``predict`` take a cifarkit model file or an exported ``.onnx``/``.pt2`` program
+(run by onnxruntime or ``torch.export.load``), and print the same for both.
 
 Bad arguments exit with status 2 and a one-line message (checked before any work: ``--out``,
 ``--checkpoint`` and ``--log-dir`` included); failures exit with status 1 and the library's
@@ -9,7 +12,7 @@ seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader,
 cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
 cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules,
-cifarkit.preprocess, cifarkit.writing.
+cifarkit.preprocess, cifarkit.writing, cifarkit.exporting, cifarkit.runtime.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cifarkit.device import Amp, resolve_device
 from cifarkit.doctor import doctor
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluation import evaluate
+from cifarkit.exporting import export
 from cifarkit.files import versions
 from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History
@@ -37,7 +41,9 @@ from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
 from cifarkit.persist import inspect, load, save
 from cifarkit.prediction import predict
-from cifarkit.preprocess import preprocessing_of
+from cifarkit.preprocess import Preprocess, preprocessing_of
+from cifarkit.runtime import FORMATS as EXPORT_FORMATS
+from cifarkit.runtime import load_exported
 from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
 from cifarkit.writing import check_writable
@@ -147,12 +153,25 @@ def _amp(value: str | None) -> Amp:
     return False if value is None else True if value == "auto" else value  # type: ignore[return-value]
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _exported(file: str) -> bool:
+    """An ``.onnx`` or ``.pt2`` program written by ``cifarkit export`` (run by its runtime)."""
+    return Path(file).suffix.lower() in EXPORT_FORMATS
+
+
+def _model_and_classes(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, Preprocess]:
+    """The model of ``args.file`` (a cifarkit file, or an exported program), its class names, its record."""
+    if _exported(args.file):
+        program = load_exported(args.file)
+        return program, program.classes, program.preprocess
     model = load(args.file, trusted=args.trusted)
-    saved_classes = inspect(args.file).class_names
+    return model, inspect(args.file).class_names, preprocessing_of(model) or {}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    model, saved_classes, record = _model_and_classes(args)
     if args.data != "synthetic" and is_image_folder(args.data):  # the file's classes, in its order
-        recorded = (preprocessing_of(model) or {}).get("input_size")
-        size = args.image_size or (recorded[0] if recorded else 32)
+        recorded = record.get("input_size")
+        size = args.image_size or (tuple(recorded) if recorded else 32)
         data = load_image_folder(args.data, size=size, classes=saved_classes)
     else:
         data = _data(args.data, train=False, size=args.size, seed=0)
@@ -169,12 +188,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    model = load(args.file, trusted=args.trusted)
-    classes = inspect(args.file).class_names  # reads names without unpickling anything
-    preds = predict(model, list(args.images), classes=classes, device=args.device, top=args.top, size=args.image_size)
+    model, classes, record = _model_and_classes(args)  # names read without unpickling anything
+    size = args.image_size or (tuple(record["input_size"]) if record.get("input_size") else None)
+    preds = predict(model, list(args.images), classes=classes, device=args.device, top=args.top, size=size)
     for image, pred in zip(args.images, preds):
         ranked = ", ".join(f"{label if label is not None else f'class {i}'} ({p:.1%})" for i, label, p in pred.top)
         print(f"{image}: {ranked}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    model = load(args.file, trusted=args.trusted)
+    print(export(model, args.output, format=args.format))
     return 0
 
 
@@ -253,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
     pr.set_defaults(func=_cmd_predict)
 
+    ex = sub.add_parser("export", help="write an ONNX or torch.export program that takes raw pixels")
+    ex.add_argument("file")
+    ex.add_argument("-o", "--output", required=True, help="the program file: OUT.onnx or OUT.pt2")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from the suffix of -o")
+    ex.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    ex.set_defaults(func=_cmd_export)
+
     ins = sub.add_parser("inspect", help="what a saved model file holds")
     ins.add_argument("file")
     ins.set_defaults(func=_cmd_inspect)
@@ -278,6 +310,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     try:  # where the results go is checked before training, not discovered after it
         if hasattr(args, "device"):
             resolve_device(args.device)
+        if getattr(args, "command", None) == "export":
+            check_writable(args.output)
         for name in ("out", "checkpoint"):
             if getattr(args, name, None) is not None:
                 check_writable(getattr(args, name))

@@ -28,6 +28,7 @@ __all__ = [
     "DistributedError",
     "DtypeError",
     "EmptyDataError",
+    "ExportError",
     "HistoryFormatError",
     "HistoryNotFoundError",
     "ImageReadError",
@@ -172,6 +173,10 @@ class ImageReadError(CifarkitError, OSError):
 
 class MissingExtraError(CifarkitError, ImportError):
     """An optional dependency (a ``cifarkit[...]`` extra) is not installed."""
+
+
+class ExportError(CifarkitError, RuntimeError):
+    """A model could not be exported, or its exported program answers differently from the model."""
 
 
 class DistributedError(CifarkitError, RuntimeError):

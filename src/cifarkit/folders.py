@@ -22,7 +22,7 @@ import torch
 
 from cifarkit.data import ImageTensors
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
-from cifarkit.images import decode_file, resize_pixels
+from cifarkit.images import decode_file, resize_pixels, to_size
 from cifarkit.progress import progress_bar
 
 __all__ = ["is_image_folder", "load_image_folder"]
@@ -77,7 +77,7 @@ def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
-    size: int = 32,
+    size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,
     val_fraction: None = None,
     seed: int = 0,
@@ -91,7 +91,7 @@ def load_image_folder(
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
-    size: int = 32,
+    size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,
     val_fraction: float,
     seed: int = 0,
@@ -104,7 +104,7 @@ def load_image_folder(
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
-    size: int = 32,
+    size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,
     val_fraction: float | None = None,
     seed: int = 0,
@@ -117,7 +117,9 @@ def load_image_folder(
     Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` order), or
     ``classes`` (those folders, in that order). PNG, JPEG, BMP, WebP, TIFF, PPM/PGM and GIF (first
     frame) of any size are read; each is converted to RGB (RGBA, grayscale and palette images
-    too) and resized to ``size`` x ``size`` with antialiasing. Files are decoded by a thread pool.
+    too) and resized to ``size`` by the one picture path of :mod:`cifarkit.images` (what
+    ``predict`` and exported programs do: the same file gives the same pixels). Files are decoded
+    by a thread pool.
 
     A file that cannot be read (damaged, not an image, over Pillow's decompression-bomb limit)
     is skipped with its reason in ``ImageTensors.skipped``, and a warning gives the count; with
@@ -125,7 +127,7 @@ def load_image_folder(
 
     Args:
         root: The folder holding one sub-folder per class.
-        size: Side of the square images, in pixels (32 for the tutorial's network).
+        size: Side of the square images, in pixels (32 for the tutorial's network), or ``(height, width)``.
         classes: Class folders to use, in label order; default: all, sorted.
         val_fraction: Hold out this share of each class (reproducibly, by ``seed``) and return
             ``(train, val)``.
@@ -158,9 +160,7 @@ def load_image_folder(
     if not base.is_dir():
         msg = f"no folder at {base}: pass a folder holding one sub-folder of images per class"
         raise DatasetNotFoundError(msg)
-    if not isinstance(size, int) or size < 1:
-        msg = f"size must be a positive int (pixels), got {size!r}"
-        raise InvalidOptionError(msg)
+    side = to_size(size)  # InvalidOptionError for anything but a positive int or (height, width)
     if val_fraction is not None and not 0 < val_fraction < 1:
         msg = f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}"
         raise InvalidOptionError(msg)
@@ -173,7 +173,7 @@ def load_image_folder(
             msg = f"class folder {base / name} holds no images ({', '.join(extensions)}); add some or remove the folder"
             raise DatasetFormatError(msg)
         files += [(path, label) for path in found]
-    arrays, labels, skipped = _decode(files, size, skip_errors=skip_errors, workers=workers, progress=progress)
+    arrays, labels, skipped = _decode(files, side, skip_errors=skip_errors, workers=workers, progress=progress)
     if skipped:
         shown = "; ".join(f"{path}: {why}" for path, why in skipped[:3])
         warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read ({shown})", stacklevel=2)
@@ -222,7 +222,7 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable[[_T], _R], items: Sequence[_
 
 
 def _decode(
-    files: list[tuple[Path, int]], size: int, *, skip_errors: bool, workers: int | None, progress: bool
+    files: list[tuple[Path, int]], size: tuple[int, int], *, skip_errors: bool, workers: int | None, progress: bool
 ) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]]]:
     threads = workers or min(8, os.cpu_count() or 1)
 

@@ -9,7 +9,7 @@ file gives the *same uint8 tensor* in training and in prediction. The steps:
    RGB (palette, RGBA, grayscale: RGB; a GIF: its first frame);
 2. resize to the model's size by :data:`RESIZE_METHOD` when the size differs: float32,
    ``torch.nn.functional.interpolate(mode="bilinear", antialias=True, align_corners=False)``,
-   rounded half to even and clamped to 0..255. An exported program (:mod:`cifarkit.export`)
+   rounded half to even and clamped to 0..255. An exported program (:mod:`cifarkit.exporting`)
    runs these same operations, so it reproduces them.
 
 Pillow is imported only when a picture (not a tensor) is read, so ``import cifarkit`` stays fast.
@@ -31,7 +31,6 @@ from cifarkit.errors import ImageReadError, InvalidOptionError, ShapeError
 from cifarkit.preprocess import RESIZE_METHOD
 
 __all__ = ["RESIZE_METHOD", "decode_file", "image_batch", "image_tensor", "read_pixels", "resize_pixels", "to_size"]
-
 
 
 def to_size(size: int | Sequence[int]) -> tuple[int, int]:

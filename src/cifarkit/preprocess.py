@@ -7,7 +7,7 @@ A record is plain JSON::
      "mean": [0.5, 0.5, 0.5] or None, "std": [0.25, 0.25, 0.25] or None, "classes": [...] or None}
 
 ``resize`` names how a picture of another size is brought to ``input_size`` (see
-:mod:`cifarkit.images`, which implements it, and :mod:`cifarkit.export`, which puts it in the
+:mod:`cifarkit.images`, which implements it, and :mod:`cifarkit.exporting`, which puts it in the
 exported program).
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).

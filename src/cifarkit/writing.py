@@ -206,11 +206,14 @@ def _make_folders(folder: Path) -> list[Path]:
     return [folder, *(m.parent for m in missing)]
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(
+    path: PathLike, write: Callable[[IO[bytes]], object], *, verify: Callable[[Path], object] | None = None
+) -> Path:
     """Write a file so that ``path`` holds either the old or the complete new content.
 
     ``write`` fills a temporary file in the same folder; it is flushed, ``fsync``-ed, given its
-    mode and renamed over the target with ``os.replace``, then the folder is ``fsync``-ed. On any
+    mode, checked by ``verify`` (called with the temporary file's path; raising refuses the file)
+    and renamed over the target with ``os.replace``, then the folder is ``fsync``-ed. On any
     exception, ``KeyboardInterrupt`` included, the temporary is removed and the target untouched.
     See the module's description for symlinks, modes and stale temporaries.
 
@@ -253,6 +256,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
                 if handle.error is None:
                     raise
                 raise _write_error(target, handle.error, "write") from exc
+        if verify is not None:
+            verify(Path(tmp_name))
         try:
             os.replace(tmp_name, target)
         except OSError as exc:

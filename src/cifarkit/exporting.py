@@ -1,0 +1,367 @@
+"""Use the model anywhere: ONNX and ``torch.export`` files that take a picture's raw pixels.
+
+:func:`export` wraps the model in :class:`PixelPipeline`, the preprocessing of its record made
+part of the program, and writes it with PyTorch's own exporters (``torch.export``; for ONNX,
+``torch.onnx.export(..., dynamo=True)`` with onnxscript)::
+
+    pixels   uint8 (batch, height, width, 3), RGB        <- Pillow, numpy, a browser canvas
+      -> resize to the record's size (bilinear, antialiased, rounded; skipped at that size)
+      -> / 255 -> (x - mean) / std -> the model in eval mode -> softmax
+    probabilities  float32 (batch, classes)               (and ``logits``, the same shape)
+
+Nothing counts before it is checked: the file is written under a temporary name, run
+(onnxruntime, or ``torch.export.load``) on batches of one and several pictures at the record's
+size and at two other sizes, and compared with the eager pipeline
+(:func:`~cifarkit.prediction.class_probabilities`, what ``predict`` computes); only then is it
+moved into place. :func:`~cifarkit.runtime.load_exported` runs such a file as an ``nn.Module``, so ``predict`` and
+``evaluate`` (and the command line) take ``.onnx`` and ``.pt2`` files too (:mod:`cifarkit.runtime`).
+
+onnx, onnxscript and onnxruntime come with ``pip install 'cifarkit[export]'`` and are imported
+only here, when used.
+
+May import: cifarkit.errors, cifarkit.files, cifarkit.images, cifarkit.persist,
+cifarkit.prediction, cifarkit.preprocess, cifarkit.runtime, cifarkit.tables, cifarkit.wrappers, cifarkit.writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError
+from cifarkit.files import versions
+from cifarkit.images import to_size
+from cifarkit.persist import check_finite_weights
+from cifarkit.prediction import class_probabilities
+from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_preprocessing, validate_record
+from cifarkit.runtime import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
+from cifarkit.tables import format_table, html_table
+from cifarkit.wrappers import unwrap_model
+from cifarkit.writing import atomic_write, check_writable
+
+__all__ = ["ExportReport", "PixelPipeline", "export"]
+
+PathLike = str | os.PathLike[str]
+#: The largest picture side an exported program accepts (as the preprocessing record).
+MAX_SIDE = 8192
+#: Agreement with the eager pipeline: every probability at the record's size (fp32) ...
+TOLERANCE_AT_SIZE = 1e-4
+#: ... and at other sizes, where the runtime's resize may round a pixel the other way.
+TOLERANCE_OTHER_SIZES = 1e-2
+#: Two probabilities closer than this are a tie: either class is the same top-1 answer.
+TIE = 1e-5
+
+
+class PixelPipeline(nn.Module):
+    """Raw pixels to probabilities: the preprocessing record and the model as one program.
+
+    Input ``pixels``: uint8 ``(B, H, W, 3)``, RGB. Outputs ``(probabilities, logits)``, float32
+    ``(B, C)``. A picture of the record's size is not resized (``torch.cond``); others go through
+    the same operations as :func:`~cifarkit.images.resize_pixels`.
+
+    Example:
+        >>> from cifarkit import build_cnn
+        >>> pipeline = PixelPipeline(build_cnn(), make_record(input_size=(32, 32)))
+        >>> probs, logits = pipeline(torch.zeros(2, 48, 40, 3, dtype=torch.uint8))
+        >>> tuple(probs.shape), round(float(probs.sum()), 4)
+        ((2, 10), 2.0)
+    """
+
+    def __init__(self, model: nn.Module, record: Preprocess) -> None:
+        super().__init__()
+        self.model = model
+        self.record = validate_record(record)
+        self.height, self.width = to_size(tuple(record["input_size"]))
+        mean, std = record.get("mean"), record.get("std")
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).reshape(1, -1, 1, 1))
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        size = (self.height, self.width)
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).round().clamp(0, 255)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, H, W, 3)`` uint8 -> ``(probabilities, logits)``, each ``(B, C)`` float32."""
+        x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W), values 0..255
+        other_size = (x.shape[2] != self.height) | (x.shape[3] != self.width)
+        x = torch.cond(other_size, self._resize, torch.clone, (x,))
+        torch._check(x.shape[2] == self.height)  # both branches give the record's size
+        torch._check(x.shape[3] == self.width)
+        x = (x / 255.0 - self.mean) / self.std
+        logits = self.model(x).float()
+        return torch.softmax(logits, dim=1), logits
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export` wrote and how the written file answered when it was run."""
+
+    path: Path
+    format: Format
+    classes: list[str] | None
+    #: Largest difference of any probability from the eager pipeline at the record's size.
+    max_abs_diff: float
+    #: The same at the other sizes checked (the resize runs in the program there).
+    max_abs_diff_resized: float
+    #: ``(height, width)`` of the pictures checked, the record's size first.
+    sizes: list[tuple[int, int]]
+    batch_sizes: list[int]
+    file_bytes: int
+    #: Milliseconds per picture at the record's size, in the runtime and in eager PyTorch.
+    ms_per_picture: float
+    eager_ms_per_picture: float
+    preprocess: Preprocess
+
+    def _rows(self) -> list[tuple[str, str]]:
+        size = self.preprocess["input_size"]
+        return [
+            ("file", f"{self.path} ({self.format}, {self.file_bytes:,} bytes)"),
+            ("input", f"pixels uint8 (batch, height, width, 3); resized to {size[0]}x{size[1]} inside"),
+            ("output", f"probabilities float32 (batch, {len(self.classes) if self.classes else 'classes'})"),
+            ("classes", ", ".join(self.classes) if self.classes else "not named"),
+            ("checked sizes", ", ".join(f"{h}x{w}" for h, w in self.sizes)),
+            ("checked batches", ", ".join(str(b) for b in self.batch_sizes)),
+            ("max |diff| at size", f"{self.max_abs_diff:.2e} (eager pipeline, fp32)"),
+            ("max |diff| resized", f"{self.max_abs_diff_resized:.2e}"),
+            ("ms per picture", f"{self.ms_per_picture:.3f} ({self.format}) vs {self.eager_ms_per_picture:.3f} (eager)"),
+        ]
+
+    def __str__(self) -> str:
+        return format_table(self._rows())
+
+    def _repr_html_(self) -> str:
+        return html_table(self._rows(), caption="cifarkit.export")
+
+
+def _record_for(model: nn.Module, input_size: int | Sequence[int] | None, classes: Sequence[str] | None) -> Preprocess:
+    """The model's record, with ``input_size`` and ``classes`` given here taking precedence."""
+    record = preprocessing_of(model) or {}
+    if input_size is None and not record.get("input_size"):
+        msg = (
+            "the model carries no preprocessing record, so the picture size it takes is unknown: "
+            "pass input_size= (a side in pixels, or (height, width)), e.g. export(model, path, input_size=32)"
+        )
+        raise InvalidOptionError(msg)
+    height, width = to_size(input_size if input_size is not None else tuple(record["input_size"]))
+    if max(height, width) > MAX_SIDE:
+        msg = f"input_size {height}x{width} is over the {MAX_SIDE}-pixel limit of a record"
+        raise InvalidOptionError(msg)
+    names = classes if classes is not None else record.get("classes")
+    return make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names)
+
+
+def _capture(pipeline: PixelPipeline, fmt: Format) -> Callable[[IO[bytes]], object]:
+    """Export ``pipeline``; return a function that writes the file."""
+    example = torch.zeros(2, pipeline.height + 7, pipeline.width + 5, 3, dtype=torch.uint8)
+    dim = torch.export.Dim
+    dynamic = {
+        "pixels": {0: dim("batch", min=1, max=1 << 20), 1: dim("height", min=1, max=MAX_SIDE),
+                   2: dim("width", min=1, max=MAX_SIDE)}
+    }  # fmt: skip
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), torch.no_grad():
+            if fmt == "pt2":
+                program = torch.export.export(pipeline, (example,), dynamic_shapes=dynamic)
+            else:
+                require("onnxscript")
+                onnx_program = torch.onnx.export(
+                    pipeline, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["pixels"],
+                    output_names=["probabilities", "logits"], optimize=True, verbose=False,
+                )  # fmt: skip
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        msg = (
+            f"torch.{'export' if fmt == 'pt2' else 'onnx'} could not capture the model: {short_error(exc)}\n"
+            "The exporters need a forward without Python decisions on tensor values (use torch.where), "
+            "without .item()/.tolist()/numpy; nothing was written"
+        )
+        raise ExportError(msg) from exc
+    if fmt == "pt2":
+        return lambda f: torch.export.save(program, f, extra_files={PT2_EXTRA_FILE: json.dumps(_metadata(pipeline))})
+    if onnx_program is None:  # pragma: no cover - only without dynamo=True
+        raise ExportError("torch.onnx.export returned no program")
+    for key, value in _metadata(pipeline).items():
+        onnx_program.model.metadata_props[key] = value
+    proto = onnx_program.model_proto
+    size = proto.ByteSize()
+    if size >= 2**31:
+        msg = f"the ONNX program is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit for one file; use format='pt2'"
+        raise ExportError(msg)
+    data = proto.SerializeToString()
+    return lambda f: f.write(data)
+
+
+def _metadata(pipeline: PixelPipeline) -> dict[str, str]:
+    record = pipeline.record
+    return {
+        "cifarkit.classes": json.dumps(record.get("classes")),
+        "cifarkit.preprocess": json.dumps(record),
+        "cifarkit.version": versions()["cifarkit"],
+    }
+
+
+def _pictures(count: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """``count`` pictures uint8 ``(count, 3, H, W)``: smooth colour fields with detail, not noise
+    (noise makes every class equally likely), drawn from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 6, 6, generator=g) * 255
+    smooth = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)
+    detail = torch.randn(count, 3, *size, generator=g) * 12
+    return (smooth + detail).round().clamp(0, 255).to(torch.uint8)
+
+
+def _check_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """The record's size, a larger non-square one (a shrink, antialiased) and a smaller one."""
+    return [
+        (height, width),
+        (2 * height + 3, width + width // 2 + 1),
+        (max(1, height // 2 + 1), max(1, width * 3 // 4)),
+    ]
+
+
+def _timed(fn: Callable[[], object], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _answers_agree(eager: np.ndarray, got: np.ndarray) -> bool:
+    """Same top-1 class for every picture, a near-tie of the eager probabilities excepted."""
+    top_eager, top_got = eager.argmax(1), got.argmax(1)
+    rows = np.arange(len(eager))
+    return bool(np.all((top_eager == top_got) | (eager[rows, top_eager] - eager[rows, top_got] <= TIE)))
+
+
+def export(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    format: Format | None = None,
+    input_size: int | Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
+) -> ExportReport:
+    """Write ``model`` as an ONNX or ``torch.export`` program that takes raw pixels.
+
+    The program's input ``pixels`` is uint8 ``(batch, height, width, 3)`` RGB (batch, height and
+    width dynamic); its outputs are ``probabilities`` and ``logits``, float32 ``(batch, classes)``.
+    Inside: the resize to the record's size, /255, the record's mean and std, the model in eval
+    mode, softmax (see the module description). An ONNX file's ``metadata_props`` hold
+    ``cifarkit.classes``, ``cifarkit.preprocess`` and ``cifarkit.version``; a ``.pt2`` file is
+    ``torch.export.save`` of the same program (the metadata in its extra file ``cifarkit.json``).
+
+    The file is written under a temporary name, run on batches of 1 and 4 pictures at the
+    record's size and at two other sizes, and compared with the eager pipeline (what
+    :func:`~cifarkit.prediction.predict` computes): within 1e-4 in every probability at the
+    record's size, the same top-1 class and within 1e-2 at the others. Only then is it moved
+    into place (atomically). The model itself is not changed: a copy is exported, on the CPU.
+
+    Args:
+        model: A classifier; ``DistributedDataParallel`` and ``torch.compile`` wrappers are removed.
+        path: The file to write; its suffix (``.onnx``, ``.pt2``) names the format.
+        format: ``"onnx"`` or ``"pt2"``, when the suffix does not say.
+        input_size: The side (or ``(height, width)``) pictures are resized to; default: the
+            record's. Needed for a model without a record.
+        classes: The class names; default: the record's.
+
+    Returns:
+        An :class:`ExportReport`: the file, the sizes and batches checked, the largest
+        difference from the eager pipeline, the milliseconds per picture.
+
+    Raises:
+        InvalidOptionError: an unknown format or suffix; no size for a model without a record;
+            ``classes`` of the wrong length.
+        CheckpointIsDirectoryError, WriteError: the path is a directory, a FIFO, under a file.
+        NonFiniteWeightsError: NaN or infinite weights.
+        ExportError: the exporter cannot capture the model, or the written program answers
+            differently from the eager model; nothing is written.
+        MissingExtraError: ONNX without ``pip install 'cifarkit[export]'``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from cifarkit import build_cnn
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "cnn.pt2"
+        >>> report = export(build_cnn(activation="relu"), path, input_size=32)
+        >>> report.format, report.max_abs_diff < 1e-4, path.is_file()
+        ('pt2', True, True)
+    """
+    target = Path(path)
+    fmt = format_of(target, format)
+    check_writable(target)
+    if fmt == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module)
+    inner = unwrap_model(model)
+    check_finite_weights(inner, target)
+    record = _record_for(inner, input_size, classes)
+    size = (record["input_size"][0], record["input_size"][1])
+    eager = copy.deepcopy(inner).to("cpu", torch.float32).eval()
+    set_preprocessing(eager, record)  # the copy answers by the final record
+    checks = [(s, b, _pictures(b, s, seed=i)) for i, s in enumerate(_check_sizes(*size)) for b in (1, 4)]
+    expected = [class_probabilities(eager, pictures, device="cpu", size=size).numpy() for _, _, pictures in checks]
+    count = expected[0].shape[1]
+    if record.get("classes") is not None and len(record["classes"]) != count:
+        msg = f"{len(record['classes'])} class names for a model with {count} outputs: pass classes= with {count} names"
+        raise InvalidOptionError(msg)
+    pipeline = PixelPipeline(eager, record).eval()
+    write = _capture(pipeline, fmt)
+    measured: dict[str, Any] = {}
+
+    def verify(temporary: Path) -> None:
+        program = open_program(temporary, fmt)
+        at_size, resized = 0.0, 0.0
+        for (shape, _, pictures), want in zip(checks, expected):
+            got, _ = program.run(pictures.permute(0, 2, 3, 1))
+            diff = float(np.abs(got - want).max())
+            if shape == size:
+                at_size = max(at_size, diff)
+            else:
+                resized = max(resized, diff)
+                if not _answers_agree(want, got):
+                    raise _disagreement(shape, "the top-1 class differs", diff)
+        if at_size > TOLERANCE_AT_SIZE:
+            raise _disagreement(size, f"a probability differs by {at_size:.2e} (> {TOLERANCE_AT_SIZE})", at_size)
+        if resized > TOLERANCE_OTHER_SIZES:
+            raise _disagreement(None, f"a probability differs by {resized:.2e} (> {TOLERANCE_OTHER_SIZES})", resized)
+        batch = checks[1][2]  # 4 pictures at the record's size
+        nhwc = batch.permute(0, 2, 3, 1).contiguous()
+        measured.update(
+            at_size=at_size, resized=resized, bytes=temporary.stat().st_size,
+            runtime=_timed(lambda: program.run(nhwc)) / len(batch) * 1000,
+            eager=_timed(lambda: class_probabilities(eager, batch, device="cpu", size=size)) / len(batch) * 1000,
+        )  # fmt: skip
+
+    written = atomic_write(target, write, verify=verify)
+    return ExportReport(
+        path=written, format=fmt, classes=record.get("classes"), max_abs_diff=measured["at_size"],
+        max_abs_diff_resized=measured["resized"], sizes=_check_sizes(*size), batch_sizes=[1, 4],
+        file_bytes=measured["bytes"], ms_per_picture=measured["runtime"], eager_ms_per_picture=measured["eager"],
+        preprocess=record,
+    )  # fmt: skip
+
+
+def _disagreement(shape: tuple[int, int] | None, what: str, diff: float) -> ExportError:
+    where = f"on {shape[0]}x{shape[1]} pictures" if shape is not None else "on resized pictures"
+    msg = (
+        f"the exported program answers differently from the eager model {where}: {what} "
+        f"(max |diff| {diff:.2e}). The model's forward probably depends on the data in Python "
+        "(an if on a tensor's value, a counter, randomness in eval mode); nothing was written"
+    )
+    return ExportError(msg)
