@@ -34,6 +34,7 @@ import cifarkit
 from cifarkit.device import cpu_supports_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import export_speed  # benchmarks/export_speed.py: an exported program against eager PyTorch
 import gpu  # benchmarks/gpu.py: the GPU variants
 
 HERE = Path(__file__).resolve().parent
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     marks = rss_over_epochs(2 if args.quick else 10)
     results["rss_bytes_per_epoch"] = marks
     results["image_folder"] = image_folder_speed(args.quick)
+    results["export"] = export_speed.export_speed(args.quick, measure)
     if not args.quick:
         results["allocator"] = allocator_effect(args.quick)
         results["distributed_images_per_second"] = distributed_scaling(args.quick)
@@ -456,6 +458,15 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": round(results["image_folder"]["files_per_second"]),
             "status": "met" if results["image_folder"]["files_per_second"] >= 2000 else "missed",
         },
+        *(
+            {
+                "what": f"exported ONNX program: {what} >= 1.0x eager PyTorch",
+                "measured": round(results["export"][key], 2),
+                "status": "met" if results["export"][key] >= 1.0 else "missed",
+            }
+            for what, key in (("batch 256 throughput", "throughput_ratio"), ("batch 1 latency", "latency_ratio"))
+            if "export" in results
+        ),
     ]
 
 
@@ -492,6 +503,8 @@ def table(results: dict[str, Any]) -> str:
     if "image_folder" in results:
         f = results["image_folder"]
         lines.append(f"load_image_folder: {f['files']} small PNG files at {f['files_per_second']:.0f} files/s")
+    if "export" in results:
+        lines += export_speed.lines(results["export"])
     if "allocator" in results:
         a = results["allocator"]
         lines.append(

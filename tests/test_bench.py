@@ -28,6 +28,12 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     best = figures["variants"]["cifarkit train_loop (defaults)"]["vs_best_same_precision"]
     assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.95")
     assert figures["image_folder"]["files"] == 200 and figures["image_folder"]["files_per_second"] > 0
+    assert figures["export"]["throughput_ratio"] > 0 and figures["export"]["latency_ratio"] > 0
+    assert [t["what"] for t in figures["targets"][-2:]] == [
+        "exported ONNX program: batch 256 throughput >= 1.0x eager PyTorch",
+        "exported ONNX program: batch 1 latency >= 1.0x eager PyTorch",
+    ]
+    assert "| onnxruntime, batch 256 |" in result.stdout
 
 
 @pytest.mark.slow

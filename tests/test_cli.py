@@ -191,3 +191,47 @@ def test_vgg16_from_a_weights_file_with_frozen_features(
     assert torch.equal(trained["features.0.weight"], start["features.0.weight"])  # frozen: untouched
     assert not torch.equal(trained["classifier.0.weight"], start["classifier.0.weight"])  # the head trained
     assert trained["classifier.6.weight"].shape == (10, 4096)
+
+
+def test_export_then_predict_and_evaluate_the_program_print_what_the_model_file_prints(
+    trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = trained[0]
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(file), "-o", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"{out} (onnx, {out.stat().st_size:,} bytes)" in report and "max |diff| at size" in report
+    assert main(["export", str(file), "-o", str(tmp_path / "model.pt2")]) == 0
+    capsys.readouterr()
+
+    folder = tmp_path / "pictures"  # pictures of other sizes, from the built-in classes
+    data = synthetic_cifar10(40, seed=7)
+    for i, (image, label) in enumerate(zip(data.images, data.labels)):
+        (folder / data.classes[label]).mkdir(parents=True, exist_ok=True)
+        big = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((48 + i % 5, 40))
+        big.save(folder / data.classes[label] / f"{i}.png")
+    pictures = [str(p) for p in sorted(folder.rglob("*.png"))[:4]]
+
+    def printed(*argv: str) -> str:
+        assert main(list(argv)) == 0
+        return capsys.readouterr().out.replace(str(file), "FILE").replace(str(out), "FILE")
+
+    assert printed("predict", str(out), *pictures, "--top", "3") == printed(
+        "predict", str(file), *pictures, "--top", "3"
+    )
+    model_lines = printed("evaluate", str(file), "--data", str(folder))
+    assert printed("evaluate", str(out), "--data", str(folder)) == model_lines
+    assert "on 40 images" in model_lines
+    pt2 = printed("evaluate", str(tmp_path / "model.pt2"), "--size", "100").replace(str(tmp_path / "model.pt2"), "FILE")
+    assert pt2 == printed("evaluate", str(file), "--size", "100")
+
+
+def test_export_usage_errors(
+    trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(trained[0]), "-o", str(tmp_path)])  # a directory
+    assert info.value.code == 2 and "is a directory" in capsys.readouterr().err
+    assert main(["export", str(trained[0]), "-o", str(tmp_path / "m.tflite")]) == 1
+    assert ".onnx or .pt2" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ def test_the_guide_has_pages_with_examples() -> None:
         "architecture",
         "real-run",
         "own-pictures",
+        "anywhere",
     } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 
@@ -37,3 +40,25 @@ def test_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     for number, block in enumerate(FENCE.findall(page.read_text()), start=1):
         code = compile(block, f"{page.name} block {number}", "exec")
         exec(code, namespace)
+
+
+def test_the_onnx_client_runs_where_torch_cannot_be_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's ten-line client: numpy, Pillow and onnxruntime only, checked against predict."""
+    import cifarkit
+
+    blocks = FENCE.findall((DOCS / "guide" / "anywhere.md").read_text())
+    client = next(i for i, b in enumerate(blocks) if "import onnxruntime" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "docs_anywhere"}
+    for number, block in enumerate(blocks[:client], start=1):  # export the model, write the picture
+        exec(compile(block, f"anywhere.md block {number}", "exec"), namespace)
+    no_torch = "import sys\nfor name in ('torch', 'torchvision', 'cifarkit'):\n    sys.modules[name] = None\n"
+    script = tmp_path / "client.py"
+    script.write_text(no_torch + blocks[client])
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    label, probability = result.stdout.split()
+    answer = cifarkit.predict(namespace["model"], tmp_path / "picture.jpg")[0]  # type: ignore[arg-type]
+    assert label == answer.label and abs(float(probability) - answer.probability) < 1e-4
+    check = subprocess.run([sys.executable, "-c", no_torch + "import torch"], capture_output=True, text=True)
+    assert check.returncode != 0 and "ModuleNotFoundError" in check.stderr  # the client really had no torch

@@ -66,5 +66,5 @@ def test_a_program_without_cifarkit_metadata_is_named_as_such(tmp_path: Path) ->
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     torch.onnx.export(model, (torch.zeros(1, 3, 2, 2),), tmp_path / "plain.onnx", dynamo=True, verbose=False)
     assert onnx.load(tmp_path / "plain.onnx").graph.input
-    with pytest.raises(ModelRecordError, match="cifarkit.export"):
+    with pytest.raises(ModelRecordError, match=r"cifarkit\.export"):
         load_exported(tmp_path / "plain.onnx")
