@@ -88,7 +88,7 @@ def export_speed(quick: bool, measure: Any) -> dict[str, Any]:
         "latency_ms": {
             EAGER_1: 1000 / figures[EAGER_1]["images_per_second"],
             ORT_1: 1000 / figures[ORT_1]["images_per_second"],
-        },  # fmt: skip
+        },
         "file_bytes": report.file_bytes,
         "onnxruntime": onnxruntime.__version__,
     }
