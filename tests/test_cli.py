@@ -222,7 +222,10 @@ def test_export_then_predict_and_evaluate_the_program_print_what_the_model_file_
     model_lines = printed("evaluate", str(file), "--data", str(folder))
     assert printed("evaluate", str(out), "--data", str(folder)) == model_lines
     assert "on 40 images" in model_lines
-    pt2 = printed("evaluate", str(tmp_path / "model.pt2"), "--size", "100").replace(str(tmp_path / "model.pt2"), "FILE")
+    assert main(["evaluate", str(tmp_path / "model.pt2")]) == 1  # unpickled: --trusted only
+    assert "trusted" in capsys.readouterr().err
+    pt2 = printed("evaluate", str(tmp_path / "model.pt2"), "--size", "100", "--trusted")
+    pt2 = pt2.replace(str(tmp_path / "model.pt2"), "FILE")
     assert pt2 == printed("evaluate", str(file), "--size", "100")
 
 

@@ -102,7 +102,7 @@ def test_pt2_program_is_torch_export_of_the_same_pipeline(trained: nn.Module, tm
             probs, logits = module(torch.from_numpy(x))
         np.testing.assert_allclose(probs.numpy(), eager(trained, x), atol=1e-6, rtol=0)
         assert torch.allclose(torch.softmax(logits, 1), probs)
-    assert load_exported(tmp_path / "cnn.pt2").classes == CLASSES
+    assert load_exported(tmp_path / "cnn.pt2", trusted=True).classes == CLASSES
 
 
 def test_format_is_named_or_follows_the_suffix(trained: nn.Module, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cifarkit import build_cnn, evaluate, export, load_exported, predict, synthetic_cifar10
-from cifarkit.errors import ExportError, InvalidOptionError, ModelRecordError
+from cifarkit.errors import ExportError, InvalidOptionError, ModelRecordError, UnsafeLoadError
 from cifarkit.runtime import format_of
 
 
@@ -28,7 +28,7 @@ def test_a_program_runs_like_the_model_in_predict_and_evaluate(programs: tuple[t
     data = synthetic_cifar10(64, seed=3)
     want = evaluate(model, data.loader(batch_size=32, shuffle=False), device="cpu")
     for path in paths:
-        program = load_exported(path)
+        program = load_exported(path, trusted=True)
         assert program.format == path.suffix[1:] and program.preprocess["input_size"] == [32, 32]
         got = evaluate(program, data.loader(batch_size=32, shuffle=False), device="cpu")
         assert got.accuracy == want.accuracy and got.loss == pytest.approx(want.loss, abs=1e-5)
@@ -39,7 +39,7 @@ def test_a_program_runs_like_the_model_in_predict_and_evaluate(programs: tuple[t
 
 
 def test_run_takes_the_programs_own_input(programs: tuple[torch.nn.Module, list[Path]]) -> None:
-    program = load_exported(programs[1][0])
+    program = load_exported(programs[1][0], trusted=True)
     probs, logits = program.run(np.zeros((2, 50, 40, 3), dtype=np.uint8))
     assert probs.shape == logits.shape == (2, 10)
     with pytest.raises(InvalidOptionError, match=r"uint8 pixels \(batch, height, width, 3\)"):
@@ -53,8 +53,10 @@ def test_load_exported_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="cannot open"):
         load_exported(tmp_path / "bad.onnx")
     (tmp_path / "bad.pt2").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(UnsafeLoadError, match="trusted=True"):
+        load_exported(tmp_path / "bad.pt2")  # torch.export.load unpickles: never by default
     with pytest.raises(ExportError, match="cannot open"):
-        load_exported(tmp_path / "bad.pt2")
+        load_exported(tmp_path / "bad.pt2", trusted=True)
     with pytest.raises(InvalidOptionError, match=r"\.onnx or \.pt2"):
         load_exported(tmp_path / "model.pt")
     assert format_of(Path("x.ONNX"), None) == "onnx" and format_of(Path("x"), "pt2") == "pt2"

@@ -161,7 +161,7 @@ def _exported(file: str) -> bool:
 def _model_and_classes(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str] | None, Preprocess]:
     """The model of ``args.file`` (a cifarkit file, or an exported program), its class names, its record."""
     if _exported(args.file):
-        program = load_exported(args.file)
+        program = load_exported(args.file, trusted=args.trusted)
         return program, program.classes, program.preprocess
     model = load(args.file, trusted=args.trusted)
     return model, inspect(args.file).class_names, preprocessing_of(model) or {}
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the size the model was trained on)")  # fmt: skip
     ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model or a .pt2 program")
     ev.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix as a PNG")
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--image-size", type=int, default=None, help="side the pictures are resized to "
                     "(default: the size the model was trained on)")  # fmt: skip
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model or a .pt2 program")
     pr.set_defaults(func=_cmd_predict)
 
     ex = sub.add_parser("export", help="write an ONNX or torch.export program that takes raw pixels")

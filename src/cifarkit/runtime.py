@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError, ModelRecordError, check_choice
+from cifarkit.errors import (
+    ExportError,
+    InvalidOptionError,
+    MissingExtraError,
+    ModelRecordError,
+    UnsafeLoadError,
+    check_choice,
+)
 from cifarkit.preprocess import Preprocess, make_record, set_preprocessing, validate_record
 
 __all__ = [
@@ -122,11 +129,16 @@ class ExportedModel(nn.Module):
         return torch.from_numpy(logits).to(x.device)
 
 
-def load_exported(path: PathLike) -> ExportedModel:
-    """Open an ``.onnx`` or ``.pt2`` file written by :func:`export`, ready to run.
+def load_exported(path: PathLike, *, trusted: bool = False) -> ExportedModel:
+    """Open an ``.onnx`` or ``.pt2`` file written by :func:`~cifarkit.exporting.export`, ready to run.
+
+    An ONNX file is parsed by onnxruntime and runs no Python. ``torch.export.load`` reads a
+    ``.pt2`` archive's tensors with pickle, so, like a pickled model, a ``.pt2`` file is opened
+    only with ``trusted=True``: pass it for files you wrote yourself or whose source you trust.
 
     Raises:
         InvalidOptionError: the suffix is neither ``.onnx`` nor ``.pt2``.
+        UnsafeLoadError: a ``.pt2`` file without ``trusted=True``.
         ExportError: the file cannot be opened by its runtime.
         ModelRecordError: the file lacks cifarkit's metadata.
         MissingExtraError: onnxruntime is missing (``pip install 'cifarkit[export]'``).
@@ -135,7 +147,7 @@ def load_exported(path: PathLike) -> ExportedModel:
         >>> import tempfile, pathlib, torch
         >>> from cifarkit import build_cnn, export, predict
         >>> path = export(build_cnn(), pathlib.Path(tempfile.mkdtemp()) / "m.pt2", input_size=32).path
-        >>> program = load_exported(path)
+        >>> program = load_exported(path, trusted=True)  # a .pt2 we just wrote
         >>> program.format, len(predict(program, torch.zeros(2, 3, 60, 40, dtype=torch.uint8)))
         ('pt2', 2)
     """
@@ -144,10 +156,17 @@ def load_exported(path: PathLike) -> ExportedModel:
     if not file.is_file():
         msg = f"no exported model at {file}: write one with cifarkit.export(model, {str(file)!r})"
         raise ExportError(msg)
+    if fmt == "pt2" and not trusted:
+        msg = (
+            f"refusing to open {file} without trusted=True: torch.export.load unpickles a .pt2 archive, which "
+            "can run arbitrary code. Pass trusted=True (--trusted) for a file you trust, or export to .onnx"
+        )
+        raise UnsafeLoadError(msg)
     return open_program(file, fmt)
 
 
 def open_program(file: Path, fmt: Format) -> ExportedModel:
+    """Open ``file`` as a ``fmt`` program (any name; a ``.pt2`` is unpickled: trusted files only)."""
     try:
         if fmt == "onnx":
             ort = require("onnxruntime")
