@@ -445,12 +445,10 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         return {"what": f"{name}: {key} >= {goal}", "measured": round(got, 2), "status": status}
 
     return [
+        # Current targets only: ratios to the best hand-written loop of the same precision (the
+        # multiples of the tutorial or bare loop measured the CPU, and were retired).
         target("cifarkit train_loop (defaults)", "vs_best_same_precision", 0.95),
-        target("cifarkit train_loop (defaults)", "ratio", 1.25),
-        target("cifarkit train_loop (defaults)", "vs_tutorial", 7.0),
         target("cifarkit train_loop(amp=True)", "vs_best_same_precision", 0.95, bf16),
-        target("cifarkit train_loop(amp=True)", "ratio", 3.0, bf16),
-        target("cifarkit train_loop(amp=True)", "vs_tutorial", 15.0, bf16),
         target("cifarkit evaluate, batch 256", "ratio", 1.0),
         target("VGG16 step, batch 32: cifarkit", "ratio", 1.0),
         {
