@@ -45,7 +45,7 @@ from cifarkit.history import History
 from cifarkit.inspection import metadata_problems
 from cifarkit.persist import check_finite_weights, state_payload
 from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import check_writable
+from cifarkit.writing import PathLike, check_writable
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -55,8 +55,6 @@ __all__ = [
     "save_checkpoint",
     "set_random_states",
 ]
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass

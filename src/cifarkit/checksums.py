@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cifarkit.errors import CorruptCheckpointError
+from cifarkit.errors import CorruptCheckpointError, cut
 
 __all__ = [
     "MAX_DEPTH",
@@ -59,7 +59,7 @@ def excerpt(obj: object, limit: int = 200) -> str:
         text = _REPR.repr(obj)
     except Exception:  # a repr that fails is no reason to fail the message
         text = f"<{type(obj).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cut(text, limit)
 
 
 def _children(obj: object) -> Iterator[object]:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.device import Amp, resolve_device
 from cifarkit.doctor import doctor
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, cut
 from cifarkit.evaluation import evaluate
 from cifarkit.exporting import export
 from cifarkit.files import versions
@@ -324,7 +324,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 def _one_line(exc: BaseException) -> str:
     """An error message on one line (a diagnosis has several), at most 2,000 characters."""
     text = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    return cut(text, 2000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

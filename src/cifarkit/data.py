@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, InvalidOptionError, ShapeError
+from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ShapeError, check_positive_int
 from cifarkit.loader import TensorLoader
 
 __all__ = [
@@ -291,9 +291,7 @@ def synthetic_cifar10(n: int = 10_000, *, seed: int = 0) -> ImageTensors:
         >>> bool((synthetic_cifar10(100, seed=1).images == data.images).all())
         True
     """
-    if not isinstance(n, int) or n < 1:
-        msg = f"n must be a positive int, got {n!r}"
-        raise InvalidOptionError(msg)
+    check_positive_int("n", n, unit="images")
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
 

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cifarkit.errors import StateDictMismatchError
+from cifarkit.errors import StateDictMismatchError, cut
 from cifarkit.wrappers import WRAPPER_PREFIXES, strip_wrapper_prefix, unwrap_model
+
+#: How much of a file's key a message quotes: key names can be arbitrarily long.
+KEY_LIMIT = 80
 
 __all__ = ["Diagnosis", "apply_state_dict", "diagnose_state_dict"]
 
@@ -59,7 +62,7 @@ class Diagnosis:
             lines.append(f"  unexpected (in the file, not in the model): {_short(self.unexpected)}")
         for name, file_shape, model_shape in self.mismatched[:8]:
             shapes = f"file has {list(file_shape)}, model has {list(model_shape)}"
-            lines.append(f"  size mismatch for {_cut(name)}: {shapes}")
+            lines.append(f"  size mismatch for {cut(name, KEY_LIMIT)}: {shapes}")
         lines.append("Likely cause and fix:")
         lines += [f"  - {text}" for text in self.explanations]
         lines.append(
@@ -69,13 +72,8 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def _cut(key: str, limit: int = 80) -> str:
-    """A key as quoted in a message: a file's key names can be arbitrarily long."""
-    return key if len(key) <= limit else key[: limit - 3] + "..."
-
-
 def _short(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(_cut(k) for k in keys[:limit])
+    shown = ", ".join(cut(k, KEY_LIMIT) for k in keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 

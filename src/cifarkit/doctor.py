@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,14 +43,13 @@ from torch.overrides import TorchFunctionMode
 
 from cifarkit.device import Amp, amp_dtype, autocast, cpu_supports_bf16, move_batch, resolve_device
 from cifarkit.errors import EmptyDataError
-from cifarkit.losses import CrossEntropyLoss
+from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.preprocess import IMAGENET_MEAN, Preprocess, preprocessing_of
 from cifarkit.tables import format_table
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["DoctorReport", "Finding", "doctor"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "bilinear"})
 _ACTIVATIONS = frozenset({
     "relu", "relu_", "relu6", "gelu", "silu", "silu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "leaky_relu",

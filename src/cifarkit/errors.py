@@ -46,11 +46,45 @@ __all__ = [
     "WeightsUnavailableError",
     "WriteError",
     "check_choice",
+    "check_positive_int",
+    "cut",
 ]
 
 
 class CifarkitError(Exception):
     """Base class of every error cifarkit raises on purpose."""
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1, unit: str = "") -> int:
+    """Return ``value`` if it is an int of at least ``minimum``; else raise :class:`InvalidOptionError`.
+
+    The one check of counts (epochs, batch sizes, classes, patience...): ``True`` is refused
+    although Python counts it as 1.
+
+    Example:
+        >>> check_positive_int("epochs", 3)
+        3
+        >>> check_positive_int("batch_size", True)
+        Traceback (most recent call last):
+        ...
+        cifarkit.errors.InvalidOptionError: batch_size must be a positive int, got True
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int of at least {minimum}")
+        msg = f"{name} must be {kind}{f' ({unit})' if unit else ''}, got {value!r}"
+        raise InvalidOptionError(msg)
+    return value
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (``...`` marks the cut): the one way messages
+    quote long content.
+
+    Example:
+        >>> cut("x" * 100, 10)
+        'xxxxxxx...'
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:

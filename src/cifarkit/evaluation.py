@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from cifarkit.distributed import context, shard_data
 from cifarkit.errors import EmptyDataError, InvalidOptionError
 from cifarkit.figures import new_figure, save_or_return
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
-from cifarkit.losses import CrossEntropyLoss
+from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.meters import ClassMeter, Meter
 from cifarkit.preprocess import Preprocess, preprocessing_of, to_model_input
 from cifarkit.tables import format_table, html_table
@@ -31,9 +31,8 @@ from cifarkit.wrappers import unwrap_model
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["EvalResult", "LossFn", "evaluate"]
+__all__ = ["EvalResult", "evaluate"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _HEADERS = ("loss", "accuracy", "images")
 
 

@@ -29,7 +29,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,11 +49,10 @@ from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_p
 from cifarkit.runtime import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
 from cifarkit.tables import format_table, html_table
 from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import atomic_write, check_writable
+from cifarkit.writing import PathLike, atomic_write, check_writable
 
 __all__ = ["ExportReport", "PixelPipeline", "export"]
 
-PathLike = str | os.PathLike[str]
 #: The largest picture side an exported program accepts (as the preprocessing record).
 MAX_SIDE = 8192
 #: Agreement with the eager pipeline: every probability at the record's size (fp32) ...

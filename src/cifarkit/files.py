@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import re
 import warnings
@@ -57,6 +56,7 @@ from cifarkit.errors import (
     NotACheckpointError,
     UnsafeLoadError,
 )
+from cifarkit.writing import PathLike
 from cifarkit.writing import atomic_write as atomic_write
 
 __all__ = [
@@ -93,7 +93,6 @@ CHECKPOINT_VERSION = 3
 DIGEST_KEY = "payload_sha256"
 #: The most bytes one JSON string in a safetensors file's metadata may hold.
 MAX_JSON_BYTES = 1 << 20
-PathLike = str | os.PathLike[str]
 #: A build record as read from a file (checked by ``cifarkit.records.validate_build_record``).
 RawRecord = dict[str, Any]
 #: ``ok``: the whole payload verified; ``tensors only``: a format-1 file, verified with its weaker

@@ -32,8 +32,8 @@ from cifarkit.files import (
     torch_load,
     weights_and_record,
 )
-from cifarkit.preprocess import Preprocess, validate_record
-from cifarkit.records import MAX_CLASSES, BuildRecord, validate_build_record
+from cifarkit.preprocess import MAX_CLASSES, Preprocess, validate_record
+from cifarkit.records import BuildRecord, validate_build_record
 from cifarkit.tables import format_table
 
 __all__ = ["FileInfo", "file_preprocess", "inspect", "metadata_problems"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError
+from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError, check_positive_int
 from cifarkit.preprocess import Preprocess, make_record
 
 __all__ = ["Batch", "Loader", "TensorLoader", "check_not_empty", "match_memory_format", "set_epoch"]
@@ -173,9 +173,7 @@ class TensorLoader:
         if images.shape[0] == 0:
             msg = "TensorLoader got an empty dataset (0 images); check the dataset path or the filter applied"
             raise EmptyDataError(msg)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive int, got {batch_size!r}"
-            raise InvalidOptionError(msg)
+        check_positive_int("batch_size", batch_size)
         if images.is_floating_point():
             images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         self.device = torch.device(device)

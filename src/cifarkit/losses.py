@@ -26,7 +26,10 @@ from torch.nn.modules.loss import _Loss
 
 from cifarkit.errors import ClassIndexError, DtypeError, ShapeError, check_choice
 
-__all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
+__all__ = ["CrossEntropyLoss", "L1Loss", "LossFn", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
+
+#: What a loss function is to cifarkit: ``(outputs, targets) -> scalar tensor`` (the one alias).
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 Reduction = Literal["mean", "sum", "none"]
 OnInt = Literal["cast", "raise"]

@@ -26,6 +26,7 @@ from cifarkit.errors import (
     ShapeError,
     WeightsUnavailableError,
     check_choice,
+    check_positive_int,
 )
 from cifarkit.files import read_state_dict
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
@@ -84,9 +85,7 @@ class CifarCNN(nn.Module):
     def __init__(self, num_classes: int = 10, *, activation: Activation = "none", dropout: float = 0.0) -> None:
         super().__init__()
         check_choice("activation", activation, get_args(Activation))
-        if not isinstance(num_classes, int) or num_classes < 1:
-            msg = f"num_classes must be a positive int, got {num_classes!r}"
-            raise InvalidOptionError(msg)
+        check_positive_int("num_classes", num_classes)
         if not 0.0 <= dropout < 1.0:
             msg = f"dropout must be in [0, 1), got {dropout!r}"
             raise InvalidOptionError(msg)
@@ -232,9 +231,7 @@ def adapt_vgg16(
         torch.Size([1, 10])
     """
     check_choice("strategy", strategy, get_args(Strategy))
-    if not isinstance(num_classes, int) or num_classes < 1:
-        msg = f"num_classes must be a positive int, got {num_classes!r}"
-        raise InvalidOptionError(msg)
+    check_positive_int("num_classes", num_classes)
     if isinstance(weights, str) and weights != "imagenet" and not weights.strip():
         msg = "weights='' is not valid; pass None, 'imagenet' or a path to a state_dict file"
         raise InvalidOptionError(msg)

@@ -52,7 +52,7 @@ from cifarkit.inspection import inspect as inspect
 from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
 from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import check_writable
+from cifarkit.writing import PathLike, check_writable
 
 __all__ = [
     "FileInfo",
@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 Method = Literal["state_dict", "full", "safetensors"]
-PathLike = str | os.PathLike[str]
 
 
 def check_finite_weights(model: nn.Module, path: PathLike) -> None:

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarkit.errors import ModelRecordError
+from cifarkit.errors import ModelRecordError, cut
 from cifarkit.wrappers import unwrap_model
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_CLASSES",
     "RESIZE_METHOD",
     "Preprocess",
     "make_record",
@@ -43,6 +44,8 @@ __all__ = [
 #: ImageNet's per-channel mean and std, what torchvision's pretrained VGG16 expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The most classes a model file, a record or a build record may name.
+MAX_CLASSES = 100_000
 #: The one resize method (float32 bilinear with antialiasing, rounded to uint8; see :mod:`cifarkit.images`).
 RESIZE_METHOD = "bilinear-antialias"
 _ATTR = "_cifarkit_preprocess"
@@ -83,7 +86,7 @@ def validate_record(record: object) -> Preprocess:
     """
 
     def bad(why: str) -> ModelRecordError:
-        return ModelRecordError(f"preprocessing record {str(record)[:200]!r} is malformed: {why}")
+        return ModelRecordError(f"preprocessing record {cut(str(record), 200)!r} is malformed: {why}")
 
     if not isinstance(record, dict):
         raise bad("expected a JSON object")
@@ -108,7 +111,7 @@ def validate_record(record: object) -> Preprocess:
         raise bad("std must be positive")
     classes = record.get("classes")
     if classes is not None and not (
-        isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)
+        isinstance(classes, list) and len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
     ):
         raise bad("classes must be a list of names")
     return dict(record)

@@ -6,7 +6,7 @@ its type and bounds (``num_classes`` up to :data:`MAX_CLASSES`, ``dropout`` in [
 never a source of weights: rebuilding from a file never downloads, never opens another file
 and never allocates more than the architecture's own parameters.
 
-May import: cifarkit.errors, cifarkit.checksums.
+May import: cifarkit.errors, cifarkit.checksums, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Literal, TypedDict, cast
 
 from cifarkit.checksums import excerpt
 from cifarkit.errors import ModelRecordError
+from cifarkit.preprocess import MAX_CLASSES
 
-__all__ = ["MAX_CLASSES", "VGG_ARCHS", "BuildRecord", "validate_build_record"]
+__all__ = ["VGG_ARCHS", "BuildRecord", "validate_build_record"]
 
 JSONScalar = str | int | float | bool | None
 #: The most classes a build record may ask for.
-MAX_CLASSES = 100_000
 #: The torchvision VGG architectures ``adapt_vgg16`` records (and ``rebuild`` accepts).
 VGG_ARCHS = tuple(f"{name}{bn}" for name in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in ("", "_bn"))
 

@@ -5,7 +5,7 @@
 before they count; :func:`load_exported` opens one by its name. onnxruntime comes with
 ``pip install 'cifarkit[export]'`` and is imported only here, when an ``.onnx`` file is run.
 
-May import: cifarkit.errors, cifarkit.preprocess.
+May import: cifarkit.errors, cifarkit.preprocess, cifarkit.writing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,8 +30,10 @@ from cifarkit.errors import (
     ModelRecordError,
     UnsafeLoadError,
     check_choice,
+    cut,
 )
 from cifarkit.preprocess import Preprocess, make_record, set_preprocessing, validate_record
+from cifarkit.writing import PathLike
 
 __all__ = [
     "FORMATS",
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 Format = Literal["onnx", "pt2"]
-PathLike = str | os.PathLike[str]
 #: File suffixes and the format each names.
 FORMATS: dict[str, Format] = {".onnx": "onnx", ".pt2": "pt2"}
 #: The extra file of a ``.pt2`` archive that holds cifarkit's metadata (ONNX: ``metadata_props``).
@@ -80,7 +80,7 @@ def format_of(path: Path, format: str | None) -> Format:
 def short_error(exc: BaseException, lines: int = 6) -> str:
     """The first lines of an exporter's message (they run to hundreds)."""
     text = [line.rstrip() for line in str(exc).splitlines() if line.strip()]
-    shown = "\n  ".join(line[:300] for line in text[:lines])
+    shown = "\n  ".join(cut(line, 300) for line in text[:lines])
     return f"{type(exc).__name__}: {shown}" + ("\n  ..." if len(text) > lines else "")
 
 

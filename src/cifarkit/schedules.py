@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from cifarkit.errors import InvalidOptionError, check_choice
+from cifarkit.errors import InvalidOptionError, check_choice, check_positive_int
 
 __all__ = ["Interval", "Scheduler", "check_scheduler", "cosine", "interval_of", "one_cycle"]
 
@@ -30,10 +30,7 @@ _MARK = "_cifarkit_interval"  # set by the builders below on the schedulers they
 
 
 def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        msg = f"{name} must be a positive int, got {value!r}"
-        raise InvalidOptionError(msg)
-    return value
+    return check_positive_int(name, value)
 
 
 def one_cycle(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cifarkit.errors import InvalidOptionError
+from cifarkit.errors import check_positive_int
 from cifarkit.schedules import Scheduler
 
 __all__ = ["OptimizerStep", "check_accumulate", "clip_or_measure"]
@@ -24,9 +24,7 @@ def check_accumulate(accumulate: object) -> None:
     Example:
         >>> check_accumulate(4)
     """
-    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
-        msg = f"accumulate must be a positive int (batches per optimizer step), got {accumulate!r}"
-        raise InvalidOptionError(msg)
+    check_positive_int("accumulate", accumulate, unit="batches per optimizer step")
 
 
 def clip_or_measure(params: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:

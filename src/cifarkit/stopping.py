@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from cifarkit.errors import InvalidOptionError, check_choice
+from cifarkit.errors import InvalidOptionError, check_choice, check_positive_int
 from cifarkit.history import EpochStats
 from cifarkit.persist import save
 
@@ -66,9 +66,8 @@ class BestWeights:
             raise InvalidOptionError(msg)
         if mode is not None:
             check_choice("mode", mode, ("min", "max"))
-        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
-            msg = f"patience must be a positive int (epochs without improvement), got {patience!r}"
-            raise InvalidOptionError(msg)
+        if patience is not None:
+            check_positive_int("patience", patience, unit="epochs without improvement")
         self.monitor = monitor
         self.mode: Mode = mode or ("max" if "accuracy" in monitor else "min")
         self.patience = patience

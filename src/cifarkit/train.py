@@ -42,12 +42,12 @@ from cifarkit.device import (
     retain_cpu_memory,
 )
 from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
-from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError
+from cifarkit.errors import EmptyDataError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation import EvalResult as EvalResult
-from cifarkit.evaluation import LossFn, evaluate
+from cifarkit.evaluation import evaluate
 from cifarkit.history import EpochStats, History
 from cifarkit.loader import Batch, check_not_empty, match_memory_format, set_epoch
-from cifarkit.losses import CrossEntropyLoss
+from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.meters import Meter
 from cifarkit.monitor import RunLogger
 from cifarkit.prediction import Prediction as Prediction
@@ -304,9 +304,7 @@ def train_loop(
         >>> len(history), history.epochs[0].images
         (2, 128)
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        msg = f"epochs must be a non-negative int, got {epochs!r}"
-        raise InvalidOptionError(msg)
+    check_positive_int("epochs", epochs, minimum=0)
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)  # checks amp= before anything runs
     _warn_if_amp_is_emulated(dev, dtype)

@@ -39,8 +39,9 @@ from cifarkit.errors import CheckpointIsDirectoryError, CifarkitError, WriteErro
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "atomic_write", "check_writable"]
+__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "PathLike", "atomic_write", "check_writable"]
 
+#: What every cifarkit function takes as a file path (the one alias).
 PathLike = str | os.PathLike[str]
 #: A cifarkit temporary untouched for this many seconds belongs to a writer that died.
 STALE_TEMPORARY_AGE_S = 3600.0
