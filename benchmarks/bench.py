@@ -217,7 +217,7 @@ def rss_over_epochs(epochs: int) -> list[int]:
             marks.append(next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM")))
 
     cifarkit.train_loop(
-        cifarkit.build_cnn(), data.loader(seed=0), epochs=epochs, device="cpu", progress=False, on_epoch_end=record
+        cifarkit.build_cnn(), data.loader(seed=0), epochs=epochs, device="cpu", progress=False, callbacks=[record]
     )
     return marks
 
@@ -249,7 +249,7 @@ print(sorted(rates[1:])[len(rates[1:]) // 2])
 def allocator_effect(quick: bool) -> dict[str, float]:
     """The bare channels_last loop in fresh processes: glibc's default allocator vs retained memory.
 
-    ``train_loop(retain_memory=True)`` (and the ``cifarkit`` command) apply it process-wide; the
+    ``cifarkit.device.retain_cpu_memory()`` (which the ``cifarkit`` command calls) applies it process-wide; the
     main table runs without it, as library calls do by default, so this pair shows what the
     opt-in setting alone is worth.
     """
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return gpu_main(device, quick=args.quick, rounds=rounds, seconds=seconds, out=args.out)
     out = args.out or HERE / "results" / ("quick.json" if args.quick else "latest.json")
 
-    # No variant changes the allocator (train_loop's retain_memory is off by default); its
+    # No variant changes the allocator (train_loop never does; the cifarkit command does); its
     # effect is measured separately, in fresh processes.
     variants = make_variants(args.quick)
     results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds_per_repeat": seconds}

@@ -37,7 +37,7 @@ def main() -> None:
         (out / f"resumed{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
     elif mode == "nccl":  # one rank over NCCL on the GPU
         history = train_loop(model, data, epochs=1, optimizer=optimizer, eval_data=eval_data, progress=False,
-                             device="cuda", distributed=True)  # fmt: skip
+                             device="cuda")  # fmt: skip
         backend = torch.distributed.get_backend()
         (out / "nccl.json").write_text(json.dumps({"history": history.to_dict(), "backend": backend}))
     elif mode == "die":
@@ -48,7 +48,7 @@ def main() -> None:
 
         try:
             train_loop(
-                model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu", on_epoch_end=die_on_rank1
+                model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu", callbacks=[die_on_rank1]
             )
         except DistributedError as exc:
             (out / "rank0.json").write_text(json.dumps({"error": type(exc).__name__, "message": str(exc)}))

@@ -17,8 +17,9 @@ from torch import nn
 
 from cifarkit import build_cnn, inspect, load, load_checkpoint, save, save_checkpoint, synthetic_cifar10, train_loop
 from cifarkit.checkpoints import random_states, set_random_states
-from cifarkit.checksums import payload_digest, tensor_digest
+from cifarkit.checksums import payload_digest
 from cifarkit.errors import CorruptCheckpointError, NonFiniteWeightsError, NotACheckpointError
+from cifarkit.files import CHECKPOINT_VERSION
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -94,7 +95,7 @@ train = cifarkit.synthetic_cifar10(192, seed=0).loader(batch_size=32, augment=Tr
 schedule = cifarkit.one_cycle(optimizer, max_lr=0.05, epochs=4, steps_per_epoch=len(train))
 eval_data = cifarkit.synthetic_cifar10(64, seed=1).loader(shuffle=False)
 history = cifarkit.train_loop(model, train, epochs=2 if mode == "first" else 4, optimizer=optimizer,
-                              scheduler=schedule, eval_data=eval_data, monitor="eval_loss", patience=3,
+                              scheduler=schedule, eval_data=eval_data, callbacks=[cifarkit.EarlyStopping("eval_loss", patience=3)],
                               checkpoint=None if mode == "straight" else out + "/ck.pt",
                               device=device, progress=False)
 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, out + f"/{mode}.pt")
@@ -133,26 +134,18 @@ def test_a_resumed_run_in_a_new_process_is_bit_identical_to_an_uninterrupted_one
         assert straight[source] == resumed[source], source
 
 
-def test_checkpoints_of_format_1_resume_and_newer_ones_are_refused(tmp_path: Path) -> None:
+def test_checkpoints_of_another_format_version_are_refused_with_their_number(tmp_path: Path) -> None:
     model = build_cnn()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=optimizer, epoch=2)
     raw = torch.load(path, weights_only=True)
-    version_1 = {k: raw[k] for k in ("format", "optimizer", "epoch", "history", "extra")}
-    version_1 |= {"format_version": 1, "rng": {"torch": raw["rng"]["torch"]}}  # what cifarkit 0.1 wrote
-    weights = raw["model"]["state_dict"]
-    version_1["model"] = {k: raw["model"][k] for k in ("format", "state_dict", "build", "classes", "versions")}
-    version_1["model"] |= {"format_version": 1, "sha256": tensor_digest(weights)}
-    torch.save(version_1, tmp_path / "v1.pt")
-    restored = load_checkpoint(
-        tmp_path / "v1.pt", model=build_cnn(), optimizer=torch.optim.SGD(build_cnn().parameters())
-    )
-    assert (restored.epoch, restored.format_version, restored.best, restored.loader) == (2, 1, None, None)
-    newer = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": 99}
-    newer["payload_sha256"] = payload_digest(newer)
-    torch.save(newer, tmp_path / "v99.pt")
-    with pytest.raises(CorruptCheckpointError, match="format version 99; this cifarkit resumes versions 1 to 3"):
-        load_checkpoint(tmp_path / "v99.pt", model=build_cnn())
+    assert load_checkpoint(path, model=build_cnn()).format_version == CHECKPOINT_VERSION == 4
+    for version in (1, 3, 99):  # older ones (never released) and newer ones alike
+        other = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": version}
+        other["payload_sha256"] = payload_digest(other)
+        torch.save(other, tmp_path / f"v{version}.pt")
+        with pytest.raises(CorruptCheckpointError, match=f"format version {version}; this cifarkit resumes version 4"):
+            load_checkpoint(tmp_path / f"v{version}.pt", model=build_cnn())
 
 
 def test_random_states_round_trip() -> None:

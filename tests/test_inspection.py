@@ -96,7 +96,7 @@ def test_a_checkpoint_with_an_odd_epoch_is_a_problem(tmp_path: Path) -> None:
     info = inspect(_crafted(tmp_path, raw | {"epoch": "three"}))
     assert not info.ok and "epoch" in info.problems[0] and info.epoch is None
     info = inspect(_crafted(tmp_path, raw | {"format_version": 99}, "v99.pt"))
-    assert not info.ok and "checkpoint format 99 is not one this cifarkit resumes (1 to 3)" in info.problems
+    assert not info.ok and "checkpoint format 99 is not the one this cifarkit resumes (4)" in info.problems
 
 
 def test_a_pickled_module_is_sound_and_says_it_needs_trust(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, 
     model = build_cnn(activation="relu")
     data = synthetic_cifar10(256, seed=0)
     train_loop(model, data.loader(batch_size=32, seed=0, normalize=(MEAN, STD)), epochs=2, lr=0.05,
-               classes=data.classes, device="cpu", progress=False)  # fmt: skip
+               device="cpu", progress=False)  # fmt: skip
     return model, save(model, tmp_path_factory.mktemp("pre") / "m.pt")
 
 

@@ -63,9 +63,9 @@ def test_per_epoch_and_plateau_schedulers() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the figure stays flat
     plateau = ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
     optimizer.param_groups[0]["lr"] = 0.0
-    history = train_loop(model, loader(), epochs=2, optimizer=optimizer, scheduler=plateau, monitor="train_accuracy",
-                         device="cpu", progress=False)  # fmt: skip
-    assert plateau.last_epoch == 2 and plateau.best == history.epochs[0].train_accuracy  # stepped on that figure
+    history = train_loop(model, loader(), epochs=2, optimizer=optimizer, scheduler=plateau, device="cpu",
+                         progress=False)  # fmt: skip
+    assert plateau.last_epoch == 2 and plateau.best == history.epochs[0].loss_mean  # no eval_data: the training loss
 
 
 def test_interval_is_explicit_with_sensible_defaults() -> None:

@@ -160,7 +160,7 @@ def test_non_finite_loss_stops_before_it_touches_the_weights(tmp_path: Path) -> 
     checkpoint = tmp_path / "ck.pt"
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3"):
         train_loop(model, small_loader(256, batch_size=64), epochs=3, loss_fn=flaky_loss, device="cpu", progress=False,
-                   checkpoint=checkpoint, on_epoch_end=lambda e, h: snapshots.append(model.sequential[0].weight.detach().clone()))  # fmt: skip
+                   checkpoint=checkpoint, callbacks=[lambda e, h: snapshots.append(model.sequential[0].weight.detach().clone())])  # fmt: skip
     assert all(torch.isfinite(p).all() for p in model.parameters())
     from cifarkit import load_checkpoint
 
@@ -172,7 +172,7 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
     checkpoint = tmp_path / "ck.pt"
 
     def interrupted(epoch: int, history: History) -> bool:
-        if epoch == 1:
+        if epoch == 2:  # during the third epoch's callbacks, which run before its checkpoint
             raise KeyboardInterrupt
         return False
 
@@ -180,11 +180,11 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
         train_loop(
             model,
             small_loader(64),
-            epochs=3,
+            epochs=4,
             device="cpu",
             progress=False,
             checkpoint=checkpoint,
-            on_epoch_end=interrupted,
+            callbacks=[interrupted],
         )
     assert not model.training  # the caller's mode is back
     from cifarkit import load_checkpoint
@@ -192,7 +192,7 @@ def test_keyboard_interrupt_restores_mode_and_keeps_checkpoint(tmp_path: Path) -
     assert load_checkpoint(checkpoint, model=build_cnn()).epoch == 2
 
 
-def test_on_epoch_end_is_called_every_epoch_and_can_stop_training() -> None:
+def test_an_epoch_end_function_is_called_every_epoch_and_can_stop_training() -> None:
     calls: list[int] = []
 
     def stop_after_two(epoch: int, history: History) -> bool:
@@ -200,11 +200,11 @@ def test_on_epoch_end_is_called_every_epoch_and_can_stop_training() -> None:
         return epoch == 1
 
     history = train_loop(build_cnn(), small_loader(64), epochs=5, device="cpu", progress=False,
-                         on_epoch_end=stop_after_two)  # fmt: skip
-    assert len(history) == 2 and calls == [0, 1] and history.stop_reason == "on_epoch_end"
+                         callbacks=[stop_after_two])  # fmt: skip
+    assert len(history) == 2 and calls == [0, 1] and history.stop_reason == "stopped by a callback"
     calls.clear()
     history = train_loop(build_cnn(), small_loader(64), epochs=2, device="cpu", progress=False,
-                         on_epoch_end=lambda e, h: calls.append(e))  # fmt: skip
+                         callbacks=[lambda e, h: calls.append(e)])  # fmt: skip
     assert calls == [0, 1] and history.stop_reason == "completed"
 
 
@@ -225,7 +225,7 @@ def test_channels_last_is_used_for_conv_models_and_matches_fp32() -> None:
     a, b = build_cnn(), build_cnn()
     b.load_state_dict(a.state_dict())
     train_loop(a, small_loader(128), epochs=1, device="cpu", progress=False)
-    train_loop(b, small_loader(128), epochs=1, device="cpu", progress=False, channels_last=False)
+    train_one_epoch(b, small_loader(128), torch.optim.SGD(b.parameters(), lr=0.01), device="cpu", channels_last=False)
     assert a.sequential[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert b.sequential[0].weight.is_contiguous()
     for p, q in zip(a.parameters(), b.parameters()):

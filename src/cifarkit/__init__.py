@@ -11,7 +11,7 @@ Example:
 The package is flat; each module holds one concern and imports only modules below it (the
 layers are listed in the guide's "How cifarkit is built" page and kept by a test).
 
-May import: cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
+May import: cifarkit.callbacks, cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
 cifarkit.errors, cifarkit.evaluation, cifarkit.exporting, cifarkit.folders, cifarkit.grads, cifarkit.history,
 cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction,
 cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
@@ -22,6 +22,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cifarkit import errors
+from cifarkit.callbacks import EarlyStopping, TensorBoard
 from cifarkit.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.diagnosis import Diagnosis
@@ -52,6 +53,7 @@ __all__ = [
     "CrossEntropyLoss",
     "Diagnosis",
     "DoctorReport",
+    "EarlyStopping",
     "EpochStats",
     "EvalResult",
     "ExportReport",
@@ -66,6 +68,7 @@ __all__ = [
     "ModelSummary",
     "Prediction",
     "StepReport",
+    "TensorBoard",
     "TensorLoader",
     "__version__",
     "adapt_vgg16",

@@ -6,9 +6,9 @@ best-so-far figure and weights, the loader's seed and epoch, and every random st
 and CUDA generators, Python's ``random``, numpy's when it is imported), as tensors and plain
 values only: it loads with ``torch.load(weights_only=True)``.
 
-Format versions: 1 (cifarkit 0.1: model, optimizer, epoch, history, CPU random state), 2
-(everything above) and 3 (the same, with one SHA-256 over every field, ``payload_sha256``). All
-resume (1 and 2 with their model's tensor checksum only); a newer version is refused with its number.
+One format version, :data:`~cifarkit.files.CHECKPOINT_VERSION` (4: every field above, the
+callbacks' states included, under one SHA-256, ``payload_sha256``); a checkpoint of another
+version is refused with its number (the run is started again; nothing was released before it).
 
 May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.persist, cifarkit.history,
 cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers, cifarkit.writing.
@@ -64,8 +64,8 @@ class Checkpoint:
     epoch: int
     history: History | None
     extra: dict[str, Any] | None
-    #: ``BestWeights.state_dict()`` of the run, if it tracked a figure.
-    best: dict[str, Any] | None = None
+    #: The ``state_dict()`` of each stateful callback, by ``"<position>:<class name>"``.
+    callbacks: dict[str, Any] | None = None
     #: The loader's ``state_dict()`` (seed and epoch), if it had one.
     loader: dict[str, Any] | None = None
     format_version: int = CHECKPOINT_VERSION
@@ -117,14 +117,14 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
-    best: Mapping[str, Any] | None = None,
+    callbacks: Mapping[str, Any] | None = None,
     loader: Mapping[str, Any] | None = None,
 ) -> Path:
     """Atomically save everything needed to resume training after ``epoch`` epochs.
 
     The file holds the model payload (as :func:`~cifarkit.persist.save`), the optimizer state,
     the epoch, the :class:`~cifarkit.history.History`, the ``scheduler``'s and ``scaler``'s
-    states, ``best`` (a ``BestWeights.state_dict()``), ``loader`` (the loader's seed and epoch),
+    states, ``callbacks`` (each stateful callback's ``state_dict()``), ``loader`` (the loader's seed and epoch),
     ``extra`` (plain containers, numbers, strings, tensors) and every random state, and loads
     with ``torch.load(weights_only=True)``.
 
@@ -152,7 +152,7 @@ def save_checkpoint(
         "extra": dict(extra) if extra is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "best": dict(best) if best is not None else None,
+        "callbacks": dict(callbacks) if callbacks is not None else None,
         "loader": dict(loader) if loader is not None else None,
         "rng": random_states(),
     }
@@ -264,11 +264,11 @@ def load_checkpoint(
             "write one with save_checkpoint, or load a model file with cifarkit.load"
         )
         raise NotACheckpointError(msg)
-    version = obj.get("format_version", 1)
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+    version = obj.get("format_version")
+    if version != CHECKPOINT_VERSION:
         msg = (
-            f"{path} is a checkpoint of format version {excerpt(version, 40)}; this cifarkit resumes versions 1 "
-            f"to {CHECKPOINT_VERSION}. Upgrade cifarkit (pip install -U cifarkit) to resume it"
+            f"{path} is a checkpoint of format version {excerpt(version, 40)}; this cifarkit resumes version "
+            f"{CHECKPOINT_VERSION} only. Start the run again with this cifarkit, or use the cifarkit that wrote it"
         )
         raise CorruptCheckpointError(msg)
     state_dict, _ = weights_and_record(obj.get("model"), path)
@@ -276,7 +276,7 @@ def load_checkpoint(
     epoch = obj.get("epoch")
     if problems or not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
         raise _bad(path, problems[0] if problems else f"its epoch is {excerpt(epoch, 40)}, not a whole number")
-    for key in ("extra", "best", "loader", "scheduler", "scaler"):
+    for key in ("extra", "callbacks", "loader", "scheduler", "scaler"):
         if obj.get(key) is not None and not isinstance(obj[key], Mapping):
             raise _bad(path, f"its {key!r} entry is {excerpt(obj[key], 60)}, not a dict")
     try:
@@ -310,7 +310,7 @@ def load_checkpoint(
         epoch=epoch,
         history=history,
         extra=obj.get("extra"),
-        best=obj.get("best"),
+        callbacks=obj.get("callbacks"),
         loader=obj.get("loader"),
         format_version=version,
     )

@@ -9,7 +9,7 @@ message on one line (``--debug`` shows the traceback). No input prints a traceba
 The command owns its process, so unlike a library call it may change process-wide settings: it
 seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader,
+May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader, cifarkit.callbacks,
 cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
 cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules,
 cifarkit.preprocess, cifarkit.writing, cifarkit.exporting, cifarkit.runtime.
@@ -27,8 +27,9 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from cifarkit.callbacks import TensorBoard
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
-from cifarkit.device import Amp, resolve_device
+from cifarkit.device import Amp, resolve_device, retain_cpu_memory
 from cifarkit.doctor import doctor
 from cifarkit.errors import CifarkitError, cut
 from cifarkit.evaluation import evaluate
@@ -116,11 +117,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     eval_data = held_out.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
     started = time.perf_counter()
+    if device.type == "cpu":
+        retain_cpu_memory()  # the command owns its process: glibc keeps activation buffers
     train_loop(
         model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
         amp=_amp(args.amp), progress="lines" if args.quiet else True, checkpoint=args.checkpoint,
-        log_dir=args.log_dir, retain_memory=True, scheduler=_schedule(args, optimizer, len(train_data)),
+        scheduler=_schedule(args, optimizer, len(train_data)),
         loss_fn=CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        callbacks=[TensorBoard(args.log_dir)] if args.log_dir is not None else [],
     )  # fmt: skip
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0

@@ -69,8 +69,9 @@ class ImageTensors:
         return int(self.images.shape[0])
 
     def loader(self, **options: Any) -> TensorLoader:
-        """A :class:`TensorLoader` over this dataset (keyword options as for ``TensorLoader``)."""
-        return TensorLoader(self.images, self.labels, **options)
+        """A :class:`TensorLoader` over this dataset (keyword options as for ``TensorLoader``); it
+        carries the class names into the trained model's record."""
+        return TensorLoader(self.images, self.labels, **{"classes": self.classes, **options})
 
     def subset(self, indices: torch.Tensor) -> ImageTensors:
         """The images at ``indices`` (a copy), with the same class names.

@@ -87,9 +87,9 @@ __all__ = [
 FORMAT = "cifarkit.state_dict"
 CHECKPOINT_FORMAT = "cifarkit.checkpoint"
 FORMAT_VERSION = 2
-#: The newest checkpoint format this cifarkit writes and resumes (see :mod:`cifarkit.checkpoints`).
-CHECKPOINT_VERSION = 3
-#: The key of the whole-payload digest (model files of format 2, checkpoints of version 3).
+#: The checkpoint format this cifarkit writes and resumes (see :mod:`cifarkit.checkpoints`).
+CHECKPOINT_VERSION = 4
+#: The key of the whole-payload digest (model files of format 2, checkpoints).
 DIGEST_KEY = "payload_sha256"
 #: The most bytes one JSON string in a safetensors file's metadata may hold.
 MAX_JSON_BYTES = 1 << 20

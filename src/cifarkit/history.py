@@ -21,7 +21,7 @@ from cifarkit.tables import format_table, html_table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["EpochStats", "History"]
+__all__ = ["EVAL_FIGURES", "TRAIN_FIGURES", "EpochStats", "History"]
 
 _HEADERS = ("epoch", "loss sum", "mean loss", "train acc", "eval loss", "eval acc", "img/s", "seconds")
 _RIGHT = range(len(_HEADERS))
@@ -121,6 +121,11 @@ def _admissible(name: str, value: object) -> bool:
     return _number(value) or (value is None and name not in _REQUIRED)
 
 
+#: The figures every epoch records, and the ones evaluation adds.
+TRAIN_FIGURES = ("loss_mean", "loss_sum", "train_accuracy")
+EVAL_FIGURES = ("eval_loss", "eval_accuracy")
+
+
 @dataclass
 class History:
     """Per-epoch figures of a training run: ``history.epochs[-1].loss_sum`` and friends.
@@ -135,10 +140,13 @@ class History:
 
     epochs: list[EpochStats] = field(default_factory=list)
     compile_seconds: float | None = None
-    #: With ``train_loop(monitor=...)``: the epoch whose weights were best.
+    #: With an :class:`~cifarkit.callbacks.EarlyStopping` callback: the epoch whose weights were best.
     best_epoch: int | None = None
-    #: Why training ended: ``"completed"``, ``"early stopping: ..."`` or ``"on_epoch_end"``.
+    #: Why training ended: ``"completed"``, ``"early stopping: ..."`` or ``"stopped by <callback>"``.
     stop_reason: str | None = None
+    #: The figures this run records (``train_loop`` adds the ``eval_*`` ones with ``eval_data``);
+    #: not saved, it describes the run in progress.
+    figures: tuple[str, ...] = field(default=TRAIN_FIGURES, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.epochs)

@@ -176,10 +176,10 @@ def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileI
     inner, epoch, problems = obj, None, []
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         method, inner, epoch = "checkpoint", obj.get("model"), obj.get("epoch")
-        version = obj.get("format_version", 1)
-        if not (isinstance(version, int) and 1 <= version <= CHECKPOINT_VERSION):
+        version = obj.get("format_version")
+        if version != CHECKPOINT_VERSION:
             problems.append(
-                f"checkpoint format {excerpt(version, 40)} is not one this cifarkit resumes (1 to {CHECKPOINT_VERSION})"
+                f"checkpoint format {excerpt(version, 40)} is not the one this cifarkit resumes ({CHECKPOINT_VERSION})"
             )
         if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
             problems.append(f"epoch {excerpt(epoch, 60)} is not a whole number")

@@ -138,6 +138,9 @@ class TensorLoader:
         seed: Explicit seed instead of ``generator``.
         normalize: ``(mean, std)`` per channel, applied after scaling to [0, 1].
         memory_format: e.g. ``torch.channels_last`` for conv nets.
+        classes: The class names (label order); they travel into the model's preprocessing
+            record (:meth:`preprocessing`). :meth:`ImageTensors.loader <cifarkit.data.ImageTensors.loader>`
+            passes the dataset's.
 
     Example:
         >>> images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
@@ -163,6 +166,7 @@ class TensorLoader:
         seed: int | None = None,
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
+        classes: Sequence[str] | None = None,
     ) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             msg = f"images must be (N, 3, H, W), got {tuple(images.shape)}"
@@ -195,6 +199,7 @@ class TensorLoader:
         )
         # The numbers as given (0.13, not float32's 0.12999999523): they go into model files.
         self.normalize_values = None if normalize is None else (_as_given(normalize[0]), _as_given(normalize[1]))
+        self.classes = [str(c) for c in classes] if classes is not None else None
         self._shard = _Shard()
 
     # -- configuration ----------------------------------------------------------------
@@ -238,9 +243,9 @@ class TensorLoader:
         """Select the order (and augmentation) of epoch ``epoch``."""
         self.epoch = int(epoch)
 
-    def preprocessing(self, classes: Sequence[str] | None = None) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
         """The preprocessing record of a model trained on these batches (input size, scaling,
-        normalization as given), for :func:`~cifarkit.train.train_loop` to attach to the model.
+        normalization as given, class names), for :func:`~cifarkit.train.train_loop` to attach.
 
         Example:
             >>> loader = TensorLoader(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2), seed=0,
@@ -250,7 +255,8 @@ class TensorLoader:
             ([8, 8], [0.13], [0.3])
         """
         mean, std = self.normalize_values if self.normalize_values is not None else (None, None)
-        return make_record(input_size=[int(v) for v in self.images.shape[-2:]], mean=mean, std=std, classes=classes)
+        size = [int(v) for v in self.images.shape[-2:]]
+        return make_record(input_size=size, mean=mean, std=std, classes=self.classes)
 
     def state_dict(self) -> dict[str, int]:
         """The seed and epoch: with them a resumed run draws the same batches (checkpoints keep it).

@@ -3,18 +3,12 @@
 
 Read :func:`train_one_epoch` first: it is the lesson, ``zero_grad -> forward -> loss -> backward
 -> step`` for every batch, top to bottom. Everything a real run needs besides that lives in
-:func:`train_loop` or in the collaborators it hands over (a :class:`~cifarkit.monitor.RunLogger`,
-a :class:`~cifarkit.distributed.DistContext`).
+:func:`train_loop`, in the callbacks it calls (:mod:`cifarkit.callbacks`) and in the
+collaborators it hands over (a :class:`~cifarkit.distributed.DistContext`).
 
 May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
-cifarkit.history, cifarkit.checkpoints, cifarkit.monitor, cifarkit.distributed, cifarkit.progress,
-cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.stopping, cifarkit.evaluation,
-cifarkit.preprocess, and
-(re-exported for older imports) cifarkit.prediction.
-
-Names that lived here before 0.2 (``History``, ``EpochStats``, ``evaluate``, ``EvalResult``,
-``predict``, ``Prediction``, ``resolve_device``, ``cpu_supports_bf16``, ``retain_cpu_memory``)
-remain importable from ``cifarkit.train``; their homes are the modules named in the API reference.
+cifarkit.history, cifarkit.checkpoints, cifarkit.callbacks, cifarkit.distributed, cifarkit.progress,
+cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.evaluation, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -22,13 +16,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cifarkit.callbacks import Callbacks, TensorBoard
 from cifarkit.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.device import (
     Amp,
@@ -39,24 +34,18 @@ from cifarkit.device import (
     move_batch,
     place_model,
     resolve_device,
-    retain_cpu_memory,
 )
 from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
-from cifarkit.errors import EmptyDataError, NonFiniteLossError, check_positive_int
-from cifarkit.evaluation import EvalResult as EvalResult
+from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation import evaluate
-from cifarkit.history import EpochStats, History
+from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
 from cifarkit.loader import Batch, check_not_empty, match_memory_format, set_epoch
 from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.meters import Meter
-from cifarkit.monitor import RunLogger
-from cifarkit.prediction import Prediction as Prediction
-from cifarkit.prediction import predict as predict
-from cifarkit.preprocess import Preprocess, preprocessing_of, set_preprocessing
+from cifarkit.preprocess import set_preprocessing
 from cifarkit.progress import Progress, ProgressReport
-from cifarkit.schedules import Interval, Scheduler, check_scheduler, interval_of
+from cifarkit.schedules import Scheduler, check_scheduler, interval_of
 from cifarkit.steps import OptimizerStep, check_accumulate
-from cifarkit.stopping import BestWeights, Mode
 from cifarkit.wrappers import unwrap_model
 
 __all__ = ["train_loop", "train_one_epoch"]
@@ -77,7 +66,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool | None = None,
     progress: Progress = False,
-    logger: RunLogger | None = None,
+    logger: TensorBoard | None = None,
     dist: DistContext | None = None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``data``: the tutorial's loop, and nothing hidden.
@@ -107,8 +96,8 @@ def train_one_epoch(
         channels_last: Memory format; default: channels-last for models with ``Conv2d``.
         progress: ``True`` shows a bar where someone watches (a terminal, or a widget in Jupyter);
             ``"bar"`` also into a file; ``False`` (the default here) none.
-        logger: A :class:`~cifarkit.monitor.RunLogger`: the first batch and the learning rate of
-            every step go to TensorBoard.
+        logger: A :class:`~cifarkit.callbacks.TensorBoard`: the first batch and the learning rate
+            of every step go to it.
         dist: Under ``torchrun``: the :class:`~cifarkit.distributed.DistContext` whose ranks' figures
             are summed (``data`` must already be this rank's shard; :func:`train_loop` does both).
 
@@ -199,37 +188,32 @@ def train_loop(
     epochs: int = 1,
     loss_fn: LossFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    lr: float = 0.01,
+    lr: float | None = None,
     device: str | torch.device = "auto",
     eval_data: Iterable[Batch] | None = None,
-    max_grad_norm: float | None = None,
     amp: Amp = False,
-    progress: Progress = True,
-    on_epoch_end: Callable[[int, History], bool | None] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    compile: bool = False,
-    channels_last: bool | None = None,
-    distributed: bool | None = None,
-    log_dir: str | os.PathLike[str] | None = None,
-    retain_memory: bool = False,
-    scheduler: Scheduler | None = None,
-    scheduler_interval: Interval = "auto",
-    monitor: str | None = None,
-    mode: Mode | None = None,
-    patience: int | None = None,
-    restore_best: bool = True,
-    best_checkpoint: str | os.PathLike[str] | None = None,
     accumulate: int = 1,
-    classes: list[str] | None = None,
-    preprocess: Preprocess | None = None,
+    max_grad_norm: float | None = None,
+    scheduler: Scheduler | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: Progress = True,
+    callbacks: Sequence[object] = (),
+    compile: bool = False,
 ) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the per-epoch :class:`History`.
 
     Each epoch is one :func:`train_one_epoch`; around it this function resumes from and writes
-    ``checkpoint``, evaluates ``eval_data``, steps per-epoch schedules, keeps the best weights,
-    stops early, logs to ``log_dir``, calls ``on_epoch_end`` (which may stop the run) and, under
-    ``torchrun``, wraps the model in DDP and shards the data. Every option is checked before the
-    first epoch.
+    ``checkpoint``, evaluates ``eval_data``, steps per-epoch schedules, calls the ``callbacks``
+    (which may stop the run) and, under ``torchrun``, wraps the model in DDP and shards the data.
+    Training policies are callback objects (see :mod:`cifarkit.callbacks`):
+    :class:`~cifarkit.callbacks.EarlyStopping` keeps the best weights and stops early,
+    :class:`~cifarkit.callbacks.TensorBoard` logs the run. Every option, the callbacks' included,
+    is checked before the first epoch. The model is switched to channels-last when it has
+    convolutions (same results up to float rounding).
+
+    The model's preprocessing record (input size, normalization, class names: see
+    :mod:`cifarkit.preprocess`) is taken from the loader (``TensorLoader.preprocessing()``), so
+    the model's files say how to feed it.
 
     Args:
         model: Any ``nn.Module`` classifier producing ``(N, C)`` logits.
@@ -237,58 +221,37 @@ def train_loop(
             ``(x, y)`` batches. Loaders with ``set_epoch`` are told the epoch.
         epochs: Total number of epochs (with ``checkpoint``, including those already done).
         loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
-        optimizer: Default: ``torch.optim.SGD(model.parameters(), lr=lr)`` as in the tutorial.
-        lr: Learning rate of the default optimizer.
+        optimizer: Default: ``torch.optim.SGD(trainable parameters, lr=lr)`` as in the tutorial.
+        lr: Learning rate of the default optimizer (0.01 when not given); an error with ``optimizer``.
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; model and batches move once.
         eval_data: Evaluated after every epoch (``eval_loss``, ``eval_accuracy``).
-        max_grad_norm: Clip the global gradient norm to this value.
         amp: ``True``: the device's best mixed precision (bf16 where native; fp16 with a gradient
-            scaler on CUDA GPUs without bf16); ``"bf16"`` or ``"fp16"`` by name (fp16 runs on a CPU
-            too: slowly, but correctly). The scaler's state is checkpointed.
-        progress: ``True`` (or ``"auto"``): a live bar per epoch where someone watches (a
-            terminal; a widget in Jupyter) and, whatever the medium, one summary line per epoch
-            on stdout that stays (``epoch 3/5  loss sum ...  train acc ...  eval acc ...  img/s``;
-            into a file or pipe, only the lines). ``"lines"``: the lines alone. ``"bar"``: the
-            bar even into a file. ``False``: nothing. Only rank 0 shows anything under DDP.
-        on_epoch_end: ``f(epoch, history)`` after each epoch; returning ``True`` stops training.
+            scaler on CUDA GPUs without bf16); ``"bf16"`` or ``"fp16"`` by name. The scaler's
+            state is checkpointed.
+        accumulate: Batches whose gradients are summed (losses divided by it) before one step.
+        max_grad_norm: Clip the global gradient norm to this value.
+        scheduler: A ``torch.optim.lr_scheduler`` scheduler built on ``optimizer`` (see
+            :func:`~cifarkit.schedules.one_cycle`, :func:`~cifarkit.schedules.cosine`). It is
+            stepped per batch for ``OneCycleLR``, ``CyclicLR``, cifarkit's builders and those
+            marked with :func:`~cifarkit.schedules.step_every`, per epoch otherwise;
+            ``ReduceLROnPlateau`` steps on ``eval_loss`` (``loss_mean`` without ``eval_data``).
         checkpoint: A file saved atomically after every epoch and resumed from if it exists: the
-            model, optimizer, scheduler, scaler, epoch, history, best weights and counter, every
+            model, optimizer, scheduler, scaler, epoch, history, every callback's state, every
             random state and the loader's seed and epoch, so a resumed run matches an
-            uninterrupted one bit for bit on CPU.
+            uninterrupted one bit for bit on CPU. A run that a callback stopped stays stopped.
+        progress: ``True`` (or ``"auto"``): a live bar per epoch where someone watches (a
+            terminal; a widget in Jupyter) and one summary line per epoch on stdout that stays.
+            ``"lines"``: the lines alone. ``"bar"``: the bar even into a file. ``False``: nothing.
+            Only rank 0 shows anything under DDP.
+        callbacks: Objects with any of the hooks of :mod:`cifarkit.callbacks`, or functions
+            ``f(epoch, history)`` called after each epoch; one returning ``True`` stops training.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
             is recorded as ``History.compile_seconds``).
-        channels_last: Use the channels-last memory format; default: for models with Conv2d.
-        distributed: Force (``True``) or forbid (``False``) DDP; default: detect ``torchrun``.
-        log_dir: Write TensorBoard scalars, an image grid, the graph and ``history.json`` there
-            (needs ``pip install 'cifarkit[tensorboard]'``).
-        retain_memory: On CPU under Linux, call :func:`~cifarkit.device.retain_cpu_memory` so
-            activation buffers are reused instead of page-faulted in again every step. It changes
-            glibc's settings for the whole process, so it is off unless asked for (the
-            ``cifarkit`` command turns it on).
-        scheduler: A ``torch.optim.lr_scheduler`` scheduler built on ``optimizer`` (see
-            :func:`~cifarkit.schedules.one_cycle` and :func:`~cifarkit.schedules.cosine`).
-            ``ReduceLROnPlateau`` is stepped each epoch on ``monitor`` (default: ``eval_loss``
-            with ``eval_data``, else ``loss_mean``).
-        scheduler_interval: ``"batch"`` (after every optimizer step), ``"epoch"``, or ``"auto"``:
-            per batch for ``OneCycleLR``, ``CyclicLR`` and cifarkit's builders, per epoch otherwise.
-        monitor: A recorded figure (``"eval_loss"``, ``"eval_accuracy"``, ``"loss_mean"``,
-            ``"loss_sum"``, ``"train_accuracy"``) to keep the best weights of. Nothing changes
-            without it.
-        mode: ``"max"`` or ``"min"``; default: ``"max"`` for accuracies, ``"min"`` otherwise.
-        patience: Stop once ``monitor`` has not improved (strictly) for this many epochs in a row.
-        restore_best: With ``monitor``, the model holds the best epoch's weights when this
-            returns, whether or not training stopped early.
-        best_checkpoint: A model file (``cifarkit.load``-able) rewritten each time ``monitor``
-            improves.
-        accumulate: Batches whose gradients are summed (losses divided by it) before one step.
-        classes: Class names, kept in the model's preprocessing record (and so in its files).
-        preprocess: The preprocessing record to attach to the model (see
-            :mod:`cifarkit.preprocess`); default: the loader's (``TensorLoader.preprocessing()``:
-            input size and ``normalize=`` as given), so the model's files say how to feed it.
 
     Raises:
-        InvalidOptionError: a scheduler built on another optimizer, ``monitor`` naming a figure
-            that is not recorded, ``patience < 1``, ``accumulate < 1``, an unknown ``amp``.
+        InvalidOptionError: ``lr`` together with ``optimizer``; a scheduler built on another
+            optimizer; a callback watching a figure that is not recorded; ``accumulate < 1``;
+            an unknown ``amp``; ``epochs`` not a whole number.
         EmptyDataError: ``data`` is empty or yields no batches.
         NonFiniteLossError: the loss became NaN/inf; it is checked before ``backward()``, so
             no step with a non-finite loss changes the weights (an fp16 scaler's deliberately
@@ -305,47 +268,50 @@ def train_loop(
         (2, 128)
     """
     check_positive_int("epochs", epochs, minimum=0)
+    if lr is not None and optimizer is not None:
+        msg = f"lr={lr!r} would be ignored: the optimizer given has its own learning rate. Pass lr= or optimizer="
+        raise InvalidOptionError(msg)
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)  # checks amp= before anything runs
     _warn_if_amp_is_emulated(dev, dtype)
     check_not_empty(data, "training data")
     check_accumulate(accumulate)
-    tracker = BestWeights(monitor, mode=mode, patience=patience, best_checkpoint=best_checkpoint,
-                          has_eval=eval_data is not None) if monitor is not None else None  # fmt: skip
-    if retain_memory and dev.type == "cpu":
-        retain_cpu_memory()
-    ctx = context(distributed, dev)
+    run = Callbacks(callbacks)
+    ctx = context(None, dev)
     report = ProgressReport(progress, enabled=ctx.is_main)
-    logger = RunLogger(log_dir, enabled=ctx.is_main) if log_dir is not None else None  # fails before training
     inner = unwrap_model(model)
-    _attach_preprocessing(inner, data, preprocess, classes)
-    fmt = place_model(inner, ctx.device, channels_last)
+    _attach_preprocessing(inner, data)
+    fmt = place_model(inner, ctx.device, None)
     loss_fn = loss_fn or CrossEntropyLoss()
     if optimizer is None:
-        optimizer = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=lr)
+        optimizer = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=0.01 if lr is None else lr)
     if scheduler is not None:
         check_scheduler(scheduler, optimizer)
-    per_batch = scheduler if scheduler is not None and interval_of(scheduler, scheduler_interval) == "batch" else None
+    per_batch = scheduler if scheduler is not None and interval_of(scheduler) == "batch" else None
     scaler = grad_scaler(ctx.device, dtype)
     start, history = 0, History()
     if checkpoint is not None and Path(checkpoint).exists():
-        start, history = _resume(checkpoint, inner, optimizer, scheduler, scaler, tracker, data)
+        start, history = _resume(checkpoint, inner, optimizer, scheduler, scaler, run, data)
+    history.figures = TRAIN_FIGURES + (EVAL_FIGURES if eval_data is not None else ())
+    tensorboard = next(iter(run.of_type(TensorBoard)), None)
     train_data = shard_data(match_memory_format(data, ctx.device, fmt), ctx, pad=True)
     net = wrap_model(inner, ctx) if ctx.active else inner
     if compile:
         net = torch.compile(net)  # type: ignore[assignment]
     was_training = inner.training
-    history.stop_reason = None
-    if tracker is not None and tracker.should_stop:  # a resumed run that had already stopped early
-        history.stop_reason, start = f"early stopping: {monitor} did not improve for {patience} epochs", epochs
+    if history.stop_reason not in (None, "completed"):  # a resumed run that a callback had stopped
+        start = epochs
+    history.stop_reason = None if start < epochs else history.stop_reason
     try:
+        run.set_model(inner)
+        run.on_train_start(history)  # callbacks refuse what they cannot honour, before any epoch
         for epoch in range(start, epochs):
             set_epoch(train_data, epoch)
             stats = train_one_epoch(
                 net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp, epoch=epoch,
                 max_grad_norm=max_grad_norm, accumulate=accumulate, scheduler=per_batch, scaler=scaler,
                 channels_last=fmt == torch.channels_last, progress=progress if ctx.is_main else False,
-                logger=logger, dist=ctx,
+                logger=tensorboard, dist=ctx,
             )  # fmt: skip
             if compile and history.compile_seconds is None:
                 history.compile_seconds = stats.first_step_seconds
@@ -355,28 +321,20 @@ def train_loop(
                 stats.eval_loss, stats.eval_accuracy = result.loss, result.accuracy
             history.epochs.append(stats)
             if scheduler is not None and per_batch is None:
-                _step_per_epoch(scheduler, stats, monitor)
-            if tracker is not None:
-                tracker.update(stats, inner, classes=classes if ctx.is_main else None)
-                history.best_epoch = tracker.best_epoch
+                _step_per_epoch(scheduler, stats)
             report.line(stats.summary(epochs))
-            if tracker is not None and tracker.should_stop:
-                history.stop_reason = f"early stopping: {monitor} did not improve for {patience} epochs"
-            elif epoch + 1 == epochs:
-                history.stop_reason = "completed"
+            if epoch + 1 == epochs:
+                history.stop_reason = "completed"  # unless a callback says otherwise
+            if run.on_epoch_end(epoch, history) and history.stop_reason in (None, "completed"):
+                history.stop_reason = "stopped by a callback"
             if checkpoint is not None and ctx.is_main:
                 save_checkpoint(checkpoint, model=inner, optimizer=optimizer, epoch=epoch + 1, history=history,
-                                scheduler=scheduler, scaler=scaler, best=tracker.state_dict() if tracker else None,
+                                scheduler=scheduler, scaler=scaler, callbacks=run.state_dict(),
                                 loader=_loader_state(data))  # fmt: skip
-            if logger is not None:
-                logger.log_epoch(stats, history)
-            if on_epoch_end is not None and on_epoch_end(epoch, history) and history.stop_reason is None:
-                history.stop_reason = "on_epoch_end"
             if history.stop_reason is not None:
                 break
         history.stop_reason = history.stop_reason or "completed"
-        if tracker is not None and restore_best:
-            tracker.restore(inner)
+        run.on_train_end(history)
     except Exception as exc:
         translated = translate_error(exc, ctx)
         if translated is exc:
@@ -384,30 +342,21 @@ def train_loop(
         raise translated from exc
     finally:
         inner.train(was_training)
-        if logger is not None:
-            logger.close()
+        for board in run.of_type(TensorBoard):  # closed even when training failed
+            board.on_train_end(history)
     return history
 
 
-def _attach_preprocessing(
-    model: nn.Module, data: Iterable[Batch], record: Preprocess | None, classes: list[str] | None
-) -> None:
-    """Record what the model is trained on: the given record, else the loader's; class names too."""
+def _attach_preprocessing(model: nn.Module, data: Iterable[Batch]) -> None:
+    """Record what the model is trained on: the loader's record (input size, normalization, classes)."""
     from_loader = getattr(data, "preprocessing", None)
-    if record is None and callable(from_loader):
-        record = from_loader(classes)
-    if record is None:
-        record = preprocessing_of(model)
-        if record is None or classes is None:
-            return
-        record["classes"] = list(classes)
-    set_preprocessing(model, record)
+    if callable(from_loader):
+        set_preprocessing(model, from_loader())
 
 
-def _step_per_epoch(scheduler: Scheduler, stats: EpochStats, monitor: str | None) -> None:
+def _step_per_epoch(scheduler: Scheduler, stats: EpochStats) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        figure = monitor or ("eval_loss" if stats.eval_loss is not None else "loss_mean")
-        scheduler.step(getattr(stats, figure))
+        scheduler.step(stats.eval_loss if stats.eval_loss is not None else stats.loss_mean)
     else:
         scheduler.step()
 
@@ -423,13 +372,12 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: Scheduler | None,
     scaler: torch.amp.GradScaler | None,
-    tracker: BestWeights | None,
+    callbacks: Callbacks,
     data: Iterable[Batch],
 ) -> tuple[int, History]:
     """Restore a run from ``checkpoint``: everything :func:`save_checkpoint` wrote."""
     resumed = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    if tracker is not None and resumed.best is not None:
-        tracker.load_state_dict(resumed.best)
+    callbacks.load_state_dict(resumed.callbacks or {})
     restore = getattr(data, "load_state_dict", None)
     if resumed.loader is not None and callable(restore):
         restore(resumed.loader)  # the seed of a loader built without seed= is the checkpoint's
