@@ -19,23 +19,26 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 
 #: (layer name, modules), bottom to top.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("errors", ["errors"]),
+    ("errors, and the file formats' map", ["errors", "files"]),
     (
         "leaf helpers",
-        ["tables", "figures", "wrappers", "device", "losses", "progress", "schedules", "checksums", "writing"],
+        ["display", "device", "losses", "schedules", "files.checksums", "files.writing"],
     ),
-    ("file formats, diagnoses, gradients, the preprocessing record", ["archives", "diagnosis", "grads", "preprocess"]),
-    ("build records and reading model files", ["records", "files"]),
+    (
+        "byte checks, diagnoses, gradients, the preprocessing record",
+        ["files.archives", "files.diagnosis", "grads", "preprocess"],
+    ),
+    ("build records and reading model files", ["files.records", "files.reading"]),
     ("the loader contract", ["loader"]),
     ("data", ["data", "images"]),
     ("your own pictures", ["folders"]),
-    ("models and what a file holds", ["models", "inspection"]),
-    ("persistence", ["persist"]),
+    ("models and what a file holds", ["models", "files.inspection"]),
+    ("persistence", ["files.saving"]),
     ("run records", ["history"]),
-    ("checkpoints and callbacks", ["checkpoints", "callbacks"]),
+    ("checkpoints and callbacks", ["files.checkpoints", "callbacks"]),
     ("distributed glue", ["distributed"]),
-    ("training helpers", ["meters", "steps", "doctor"]),
-    ("evaluation and prediction", ["evaluation", "prediction"]),
+    ("training helpers", ["steps", "doctor"]),
+    ("evaluation and prediction", ["evaluation"]),
     ("running exported programs", ["runtime"]),
     ("leaving Python", ["exporting"]),
     ("the training loop", ["train"]),
@@ -63,7 +66,7 @@ class Module:
         match = re.search(r"^May import:(.*?)(?:\n\s*\n|\Z)", self.docstring, re.S | re.M)
         if match is None:
             return None
-        return set(re.findall(r"cifarkit\.(\w+)", match.group(1)))
+        return {name.rstrip(".") for name in re.findall(r"cifarkit\.([\w.]+)", match.group(1))}
 
 
 def layer_of() -> dict[str, int]:
@@ -71,19 +74,32 @@ def layer_of() -> dict[str, int]:
     return {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
 
 
+def module_name(path: Path) -> str:
+    """``src/cifarkit/files/reading.py`` -> ``files.reading``; a subpackage's ``__init__`` is its name."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if len(parts) > 1 and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _known() -> set[str]:
+    return {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
 def _targets(node: ast.Import | ast.ImportFrom) -> list[str]:
+    known = _known()
     if isinstance(node, ast.Import):
-        return [
-            alias.name.split(".")[1] if "." in alias.name else "__init__"
-            for alias in node.names
-            if alias.name.split(".")[0] == "cifarkit"
-        ]
+        names = [alias.name for alias in node.names if alias.name.split(".")[0] == "cifarkit"]
+        return [name.split(".", 1)[1] if "." in name else "__init__" for name in names]
     if node.level or not node.module or node.module.split(".")[0] != "cifarkit":
         return []
-    if node.module == "cifarkit":  # ``from cifarkit import errors`` names submodules
-        submodules = {p.stem for p in PACKAGE.glob("*.py")}
-        return [a.name if a.name in submodules else "__init__" for a in node.names]
-    return [node.module.split(".")[1]]
+    base = node.module.split(".", 1)[1] if "." in node.module else ""
+    # ``from cifarkit import errors`` and ``from cifarkit.files import saving`` name submodules
+    found = [f"{base}.{a.name}" if base else a.name for a in node.names]
+    named = [name for name in found if name in known]
+    if len(named) == len(found):
+        return named
+    return [base or "__init__"]
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -98,7 +114,7 @@ def parse(path: Path, layer: int) -> Module:
     source = path.read_text()
     tree = ast.parse(source)
     doc = ast.get_docstring(tree) or ""
-    module = Module(path.stem, layer, source.count("\n"), doc.split("\n\n")[0].replace("\n", " "), doc)
+    module = Module(module_name(path), layer, source.count("\n"), doc.split("\n\n")[0].replace("\n", " "), doc)
 
     def visit(node: ast.AST, *, top: bool, type_only: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -124,7 +140,7 @@ def parse(path: Path, layer: int) -> Module:
 def modules() -> list[Module]:
     """Every module of the package, bottom layer first (unlisted modules get layer -1)."""
     layers = layer_of()
-    found = [parse(p, layers.get(p.stem, -1)) for p in sorted(PACKAGE.glob("*.py"))]
+    found = [parse(p, layers.get(module_name(p), -1)) for p in sorted(PACKAGE.rglob("*.py"))]
     return sorted(found, key=lambda m: (m.layer, m.name))
 
 

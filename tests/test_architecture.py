@@ -88,7 +88,14 @@ def test_modules_stay_small(module: Any) -> None:
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in {"__init__", "__main__"}])
 def test_each_module_has_its_test_file(name: str) -> None:
-    assert (ROOT / "tests" / f"test_{name}.py").is_file()
+    assert (ROOT / "tests" / f"test_{name.split('.')[-1]}.py").is_file()
+
+
+def test_the_package_top_stays_small_and_the_file_formats_live_together() -> None:
+    top = sorted(p.name for p in (ROOT / "src" / "cifarkit").glob("*.py"))
+    assert len(top) <= 24, f"{len(top)} modules directly in src/cifarkit: {top}"
+    formats = {"writing", "checksums", "archives", "records", "reading", "inspection", "saving", "checkpoints"}
+    assert {n.split(".")[-1] for n in NAMES if n.startswith("files.")} >= formats
 
 
 def test_module_map_lists_every_module() -> None:

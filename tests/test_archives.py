@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cifarkit import build_cnn
-from cifarkit.archives import check_zip, file_kind, pickled_globals, references
 from cifarkit.errors import CorruptCheckpointError, NotACheckpointError
+from cifarkit.files.archives import check_zip, file_kind, pickled_globals, references
 from crafted import peak_rss_growth, zip_bomb
 
 

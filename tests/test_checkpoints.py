@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from cifarkit import build_cnn, inspect, load, load_checkpoint, save, save_checkpoint, synthetic_cifar10, train_loop
-from cifarkit.checkpoints import random_states, set_random_states
-from cifarkit.checksums import payload_digest
 from cifarkit.errors import CorruptCheckpointError, NonFiniteWeightsError, NotACheckpointError
-from cifarkit.files import CHECKPOINT_VERSION
+from cifarkit.files.checkpoints import random_states, set_random_states
+from cifarkit.files.checksums import payload_digest
+from cifarkit.files.reading import CHECKPOINT_VERSION
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from cifarkit.checksums import MAX_DEPTH, check_limits, excerpt, meta_digest, payload_digest, tensor_digest
 from cifarkit.errors import CorruptCheckpointError
+from cifarkit.files.checksums import MAX_DEPTH, check_limits, excerpt, meta_digest, payload_digest, tensor_digest
 
 
 def test_the_digest_ignores_order_and_sequence_kind_but_not_types_or_values() -> None:

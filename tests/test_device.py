@@ -1,4 +1,4 @@
-"""Device choice, memory format, batch moves, and the opt-in allocator setting."""
+"""Tests of cifarkit.device."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 from cifarkit import build_cnn
-from cifarkit.device import autocast, memory_format_for, move_batch, place_model, resolve_device
+from cifarkit.device import (
+    autocast,
+    memory_format_for,
+    move_batch,
+    place_model,
+    resolve_device,
+    strip_wrapper_prefix,
+    unwrap_model,
+)
 from cifarkit.errors import InvalidOptionError
 
 
@@ -81,3 +89,18 @@ def test_memory_retention_is_opt_in_for_the_library_and_on_for_the_command(who: 
     args = [sys.executable, "-c", _ALLOCATOR_SCRIPT, who, str(tmp_path / "m.pt")]
     out = subprocess.run(args, capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"library_default": False, "after": True}
+
+
+def test_unwrap_nested_wrappers() -> None:
+    inner = nn.Linear(2, 2)
+    compiled = torch.compile(nn.DataParallel(inner), backend="eager")
+    assert unwrap_model(compiled) is inner  # type: ignore[arg-type]
+    assert unwrap_model(inner) is inner
+
+
+def test_strip_only_when_every_key_has_the_prefix() -> None:
+    t = torch.zeros(1)
+    assert strip_wrapper_prefix({"_orig_mod.module.w": t}) == ({"w": t}, ["_orig_mod.", "module."])
+    mixed = {"module.w": t, "b": t}
+    assert strip_wrapper_prefix(mixed) == (mixed, [])
+    assert strip_wrapper_prefix({}) == ({}, [])

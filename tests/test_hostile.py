@@ -33,7 +33,7 @@ from cifarkit.errors import (
     StateDictMismatchError,
     UnsafeLoadError,
 )
-from cifarkit.files import read_state_dict
+from cifarkit.files.reading import read_state_dict
 from conftest import write_cifar_folder
 from crafted import peak_rss_growth, signed, write, zip_bomb
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from cifarkit import build_cnn, inspect, save, save_checkpoint
-from cifarkit.checksums import tensor_digest
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError
-from cifarkit.inspection import metadata_problems
+from cifarkit.files.checksums import tensor_digest
+from cifarkit.files.inspection import metadata_problems
 from crafted import signed, write
 
 

@@ -22,9 +22,9 @@ from cifarkit import (
     synthetic_cifar10,
     train_loop,
 )
-from cifarkit.checksums import tensor_digest
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError
+from cifarkit.files.checksums import tensor_digest
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, to_model_input, validate_record
 
 MEAN, STD = (0.13, 0.5, 0.87), (0.3, 0.25, 0.2)

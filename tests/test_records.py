@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cifarkit.errors import ModelRecordError
-from cifarkit.records import MAX_CLASSES, VGG_ARCHS, validate_build_record
+from cifarkit.files.records import MAX_CLASSES, VGG_ARCHS, validate_build_record
 
 
 @pytest.mark.parametrize(

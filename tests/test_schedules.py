@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 
 from cifarkit import build_cnn, cosine, one_cycle, synthetic_cifar10, train_loop
 from cifarkit.errors import InvalidOptionError
-from cifarkit.schedules import check_scheduler, interval_of
+from cifarkit.schedules import check_scheduler, interval_of, step_every
 
 
 def loader(n: int = 128, **kw: Any) -> Any:
@@ -75,8 +75,21 @@ def test_interval_is_explicit_with_sensible_defaults() -> None:
     assert interval_of(StepLR(optimizer, 1), "batch") == "batch"
     with pytest.raises(InvalidOptionError, match="ReduceLROnPlateau"):
         interval_of(ReduceLROnPlateau(optimizer), "batch")
-    with pytest.raises(InvalidOptionError, match="scheduler_interval='hourly'"):
+    with pytest.raises(InvalidOptionError, match="interval='hourly'"):
         interval_of(StepLR(optimizer, 1), "hourly")  # type: ignore[arg-type]
+
+
+def test_step_every_marks_when_train_loop_steps_a_scheduler() -> None:
+    model = build_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = step_every(StepLR(optimizer, 1, gamma=0.5), "batch")  # halve after every optimizer step
+    history = train_loop(model, loader(), epochs=1, optimizer=optimizer, scheduler=schedule, device="cpu",
+                         progress=False)  # fmt: skip
+    steps = history.epochs[0].images // 32  # batches of 32
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**steps)
+    assert interval_of(step_every(one_cycle(optimizer, max_lr=0.1, epochs=1, steps_per_epoch=1), "epoch")) == "epoch"
+    with pytest.raises(InvalidOptionError, match="ReduceLROnPlateau"):
+        step_every(ReduceLROnPlateau(optimizer), "batch")
 
 
 def test_a_scheduler_on_another_optimizer_is_refused_before_training() -> None:

@@ -1,4 +1,4 @@
-"""Gradient accumulation and fp16 loss scaling, against one big batch and a diverging run."""
+"""Tests of cifarkit.steps."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from cifarkit import build_cnn, synthetic_cifar10, train_loop, train_one_epoch
+from cifarkit.distributed import DistContext
 from cifarkit.errors import InvalidOptionError, NonFiniteLossError
-from cifarkit.steps import OptimizerStep, clip_or_measure
+from cifarkit.steps import Meter, OptimizerStep, clip_or_measure
 
 
 def batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -91,3 +92,22 @@ def test_step_object_counts_and_clips() -> None:
     assert w.detach().tolist() == pytest.approx([-0.6, -0.8]) and step.optimizer_steps == 1
     w.grad = None
     assert float(clip_or_measure([w], None)) == 0.0
+
+
+def test_sums_match_a_hand_count() -> None:
+    torch.manual_seed(0)
+    meter = Meter(torch.device("cpu"))
+    batches = [(torch.randn(5, 3), torch.randint(0, 3, (5,))), (torch.randn(2, 3), torch.randint(0, 3, (2,)))]
+    losses = [torch.nn.functional.cross_entropy(x, y) for x, y in batches]
+    for (x, y), loss in zip(batches, losses):
+        meter.add(loss.clone().requires_grad_(), x, y)
+        meter.add_grad_norm(torch.tensor(2.0))
+    meter.add_grad_norm(torch.tensor(float("inf")))  # a step a gradient scaler skipped: not counted
+    t = meter.totals(DistContext.single(torch.device("cpu")))
+    correct = sum(int((x.argmax(1) == y).sum()) for x, y in batches)
+    assert (t.images, t.steps, t.correct) == (7, 2, correct)
+    assert t.loss_sum == pytest.approx(float(losses[0] + losses[1]))
+    assert t.loss_mean == pytest.approx(float(losses[0] * 5 + losses[1] * 2) / 7)
+    assert t.accuracy == correct / 7 and t.grad_norm_sum == 4.0 and t.norm_steps == 2 and t.grad_norm == 2.0
+    assert t.seconds >= t.first_step_seconds >= 0  # type: ignore[operator]
+    assert not meter.loss_sum.requires_grad  # detached: no autograd graph is kept

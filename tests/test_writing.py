@@ -18,7 +18,7 @@ import torch
 
 from cifarkit import build_cnn, load, save
 from cifarkit.errors import CheckpointIsDirectoryError, WriteError
-from cifarkit.writing import STALE_TEMPORARY_AGE_S, TEMP_SUFFIX, atomic_write, check_writable
+from cifarkit.files.writing import STALE_TEMPORARY_AGE_S, TEMP_SUFFIX, atomic_write, check_writable
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ Example:
 The package is flat; each module holds one concern and imports only modules below it (the
 layers are listed in the guide's "How cifarkit is built" page and kept by a test).
 
-May import: cifarkit.callbacks, cifarkit.checkpoints, cifarkit.data, cifarkit.diagnosis, cifarkit.doctor,
-cifarkit.errors, cifarkit.evaluation, cifarkit.exporting, cifarkit.folders, cifarkit.grads, cifarkit.history,
-cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.persist, cifarkit.prediction,
-cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
+May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
+cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
+cifarkit.files.saving, cifarkit.folders, cifarkit.grads, cifarkit.history, cifarkit.loader,
+cifarkit.losses, cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules,
+cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 from cifarkit import errors
 from cifarkit.callbacks import EarlyStopping, TensorBoard
-from cifarkit.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
-from cifarkit.diagnosis import Diagnosis
 from cifarkit.doctor import DoctorReport, doctor
-from cifarkit.evaluation import EvalResult, evaluate
+from cifarkit.evaluation import EvalResult, Prediction, evaluate, predict
 from cifarkit.exporting import ExportReport, export
+from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from cifarkit.files.diagnosis import Diagnosis
+from cifarkit.files.saving import FileInfo, diagnose, inspect, load, save
 from cifarkit.folders import load_image_folder
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
 from cifarkit.history import EpochStats, History
 from cifarkit.loader import Loader, TensorLoader
 from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1_loss, mse_loss
 from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
-from cifarkit.persist import FileInfo, diagnose, inspect, load, save
-from cifarkit.prediction import Prediction, predict
 from cifarkit.preprocess import preprocessing_of
 from cifarkit.runtime import ExportedModel, load_exported
 from cifarkit.schedules import cosine, one_cycle

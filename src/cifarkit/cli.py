@@ -9,10 +9,10 @@ message on one line (``--debug`` shows the traceback). No input prints a traceba
 The command owns its process, so unlike a library call it may change process-wide settings: it
 seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.device, cifarkit.doctor, cifarkit.loader, cifarkit.callbacks,
-cifarkit.folders, cifarkit.data, cifarkit.models, cifarkit.persist, cifarkit.history,
-cifarkit.evaluation, cifarkit.prediction, cifarkit.train, cifarkit.losses, cifarkit.schedules,
-cifarkit.preprocess, cifarkit.writing, cifarkit.exporting, cifarkit.runtime.
+May import: cifarkit.callbacks, cifarkit.data, cifarkit.device, cifarkit.doctor, cifarkit.errors,
+cifarkit.evaluation, cifarkit.exporting, cifarkit.files.reading, cifarkit.files.saving,
+cifarkit.files.writing, cifarkit.folders, cifarkit.history, cifarkit.loader, cifarkit.losses,
+cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules, cifarkit.train.
 """
 
 from __future__ import annotations
@@ -32,22 +32,21 @@ from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.device import Amp, resolve_device, retain_cpu_memory
 from cifarkit.doctor import doctor
 from cifarkit.errors import CifarkitError, cut
-from cifarkit.evaluation import evaluate
+from cifarkit.evaluation import evaluate, predict
 from cifarkit.exporting import export
-from cifarkit.files import versions
+from cifarkit.files.reading import versions
+from cifarkit.files.saving import inspect, load, save
+from cifarkit.files.writing import check_writable
 from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History
 from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt_vgg16, build_cnn
-from cifarkit.persist import inspect, load, save
-from cifarkit.prediction import predict
 from cifarkit.preprocess import Preprocess, preprocessing_of
 from cifarkit.runtime import FORMATS as EXPORT_FORMATS
 from cifarkit.runtime import load_exported
 from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
-from cifarkit.writing import check_writable
 
 __all__ = ["build_parser", "main"]
 

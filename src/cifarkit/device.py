@@ -1,4 +1,6 @@
-"""Where and how tensors run: device choice, memory format, autocast, and the CPU allocator.
+"""Where and how a model runs: device choice, memory format, autocast, the CPU allocator, and
+seeing through the wrappers a model runs in (``DistributedDataParallel``'s ``module.``,
+``torch.compile``'s ``_orig_mod.``), for modules and for the keys of their ``state_dict``.
 
 ``device="auto"`` is resolved here and nowhere else. The memory-format helpers put a model and
 its batches in the same layout once, so the training step itself never converts anything.
@@ -12,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -20,6 +23,7 @@ from torch import nn
 from cifarkit.errors import InvalidOptionError
 
 __all__ = [
+    "WRAPPER_PREFIXES",
     "Amp",
     "amp_dtype",
     "autocast",
@@ -30,6 +34,8 @@ __all__ = [
     "place_model",
     "resolve_device",
     "retain_cpu_memory",
+    "strip_wrapper_prefix",
+    "unwrap_model",
 ]
 
 
@@ -218,3 +224,53 @@ def retain_cpu_memory() -> bool:
         return False
     _ALLOCATOR_TUNED = ok
     return ok
+
+
+#: Prefixes added by wrappers, and who adds them.
+WRAPPER_PREFIXES = {
+    "module.": "DistributedDataParallel (or DataParallel)",
+    "_orig_mod.": "torch.compile",
+}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module inside ``torch.compile`` and ``DistributedDataParallel`` wrappers.
+
+    Example:
+        >>> from torch import nn
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(inner)) is inner
+        True
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def strip_wrapper_prefix(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip ``module.`` / ``_orig_mod.`` when *every* key carries it (repeatedly).
+
+    Returns the new dict and the prefixes removed, outermost first.
+
+    Example:
+        >>> sd, removed = strip_wrapper_prefix({"module.w": torch.zeros(1)})
+        >>> list(sd), removed
+        (['w'], ['module.'])
+    """
+    result = dict(state_dict)
+    removed: list[str] = []
+    changed = True
+    while changed and result:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in result):
+                result = {k[len(prefix) :]: v for k, v in result.items()}
+                removed.append(prefix)
+                changed = True
+    return result, removed

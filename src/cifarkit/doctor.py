@@ -25,7 +25,7 @@ code                            what it means
 ``batch-larger-than-data``      the batch size exceeds the number of images
 =============================== ==============================================================
 
-May import: cifarkit.errors, cifarkit.device, cifarkit.losses, cifarkit.tables, cifarkit.wrappers,
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.losses,
 cifarkit.preprocess.
 """
 
@@ -41,12 +41,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cifarkit.device import Amp, amp_dtype, autocast, cpu_supports_bf16, move_batch, resolve_device
+from cifarkit.device import Amp, amp_dtype, autocast, cpu_supports_bf16, move_batch, resolve_device, unwrap_model
+from cifarkit.display import format_table
 from cifarkit.errors import EmptyDataError
 from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.preprocess import IMAGENET_MEAN, Preprocess, preprocessing_of
-from cifarkit.tables import format_table
-from cifarkit.wrappers import unwrap_model
 
 __all__ = ["DoctorReport", "Finding", "doctor"]
 

@@ -12,15 +12,16 @@ part of the program, and writes it with PyTorch's own exporters (``torch.export`
 Nothing counts before it is checked: the file is written under a temporary name, run
 (onnxruntime, or ``torch.export.load``) on batches of one and several pictures at the record's
 size and at two other sizes, and compared with the eager pipeline
-(:func:`~cifarkit.prediction.class_probabilities`, what ``predict`` computes); only then is it
+(:func:`~cifarkit.evaluation.class_probabilities`, what ``predict`` computes); only then is it
 moved into place. :func:`~cifarkit.runtime.load_exported` runs such a file as an ``nn.Module``, so ``predict`` and
 ``evaluate`` (and the command line) take ``.onnx`` and ``.pt2`` files too (:mod:`cifarkit.runtime`).
 
 onnx, onnxscript and onnxruntime come with ``pip install 'cifarkit[export]'`` and are imported
 only here, when used.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.images, cifarkit.persist,
-cifarkit.prediction, cifarkit.preprocess, cifarkit.runtime, cifarkit.tables, cifarkit.wrappers, cifarkit.writing.
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation,
+cifarkit.files.reading, cifarkit.files.saving, cifarkit.files.writing, cifarkit.images,
+cifarkit.preprocess, cifarkit.runtime.
 """
 
 from __future__ import annotations
@@ -40,16 +41,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifarkit.device import unwrap_model
+from cifarkit.display import format_table, html_table
 from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError
-from cifarkit.files import versions
+from cifarkit.evaluation import class_probabilities
+from cifarkit.files.reading import versions
+from cifarkit.files.saving import check_finite_weights
+from cifarkit.files.writing import PathLike, atomic_write, check_writable
 from cifarkit.images import to_size
-from cifarkit.persist import check_finite_weights
-from cifarkit.prediction import class_probabilities
 from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_preprocessing, validate_record
 from cifarkit.runtime import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
-from cifarkit.tables import format_table, html_table
-from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import PathLike, atomic_write, check_writable
 
 __all__ = ["ExportReport", "PixelPipeline", "export"]
 
@@ -267,7 +268,7 @@ def export(
 
     The file is written under a temporary name, run on batches of 1 and 4 pictures at the
     record's size and at two other sizes, and compared with the eager pipeline (what
-    :func:`~cifarkit.prediction.predict` computes): within 1e-4 in every probability at the
+    :func:`~cifarkit.evaluation.predict` computes): within 1e-4 in every probability at the
     record's size, the same top-1 class and within 1e-2 at the others. Only then is it moved
     into place (atomically). The model itself is not changed: a copy is exported, on the CPU.
 

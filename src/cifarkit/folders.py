@@ -5,7 +5,7 @@ Classes are discovered with torchvision's ``find_classes`` (sorted folder names,
 ``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
 The folder is only read, never written to.
 
-May import: cifarkit.errors, cifarkit.progress, cifarkit.data, cifarkit.images.
+May import: cifarkit.data, cifarkit.display, cifarkit.errors, cifarkit.images.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import TypeVar, overload
 import torch
 
 from cifarkit.data import ImageTensors
+from cifarkit.display import progress_bar
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
 from cifarkit.images import decode_file, resize_pixels, to_size
-from cifarkit.progress import progress_bar
 
 __all__ = ["is_image_folder", "load_image_folder"]
 

@@ -4,7 +4,7 @@ The tutorial sets a breakpoint to watch ``.grad`` go from ``None`` to values aft
 ``backward()`` and the weights change after ``step()``. :func:`grad_report` and
 :func:`watch_step` print the same facts as tables.
 
-May import: cifarkit.tables, cifarkit.wrappers.
+May import: cifarkit.device, cifarkit.display.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cifarkit.tables import format_table
-from cifarkit.wrappers import unwrap_model
+from cifarkit.device import unwrap_model
+from cifarkit.display import format_table
 
 __all__ = ["GradReport", "GradRow", "StepReport", "StepRow", "grad_report", "watch_step"]
 

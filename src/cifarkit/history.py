@@ -3,7 +3,7 @@
 Plain dataclasses that round-trip through JSON (``history.json``) and through
 ``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
 
-May import: cifarkit.errors, cifarkit.figures, cifarkit.tables.
+May import: cifarkit.display, cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from cifarkit.display import format_table, html_table, new_figure, save_or_return
 from cifarkit.errors import HistoryFormatError, HistoryNotFoundError, check_choice
-from cifarkit.figures import new_figure, save_or_return
-from cifarkit.tables import format_table, html_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,7 +1,7 @@
 """Pictures in: the one path from an image file, a PIL image or a tensor to the model's pixels.
 
 Every reader of pictures goes through :func:`read_pixels` and :func:`resize_pixels`:
-:func:`~cifarkit.folders.load_image_folder` (training), :func:`~cifarkit.prediction.predict`,
+:func:`~cifarkit.folders.load_image_folder` (training), :func:`~cifarkit.evaluation.predict`,
 evaluation on a folder, the command line, and the check of an exported program. So the same
 file gives the *same uint8 tensor* in training and in prediction. The steps:
 

@@ -4,8 +4,8 @@ Every model built here remembers how it was built (a small JSON-serialisable
 :class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.tables, cifarkit.wrappers,
-cifarkit.preprocess, cifarkit.records.
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.files.diagnosis,
+cifarkit.files.reading, cifarkit.files.records, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Literal, cast, get_args
 import torch
 from torch import nn
 
-from cifarkit.diagnosis import apply_state_dict
+from cifarkit.device import unwrap_model
+from cifarkit.display import format_table, html_table
 from cifarkit.errors import (
     AlreadyAdaptedError,
     InvalidOptionError,
@@ -28,11 +29,10 @@ from cifarkit.errors import (
     check_choice,
     check_positive_int,
 )
-from cifarkit.files import read_state_dict
+from cifarkit.files.diagnosis import apply_state_dict
+from cifarkit.files.reading import read_state_dict
+from cifarkit.files.records import BuildRecord, validate_build_record
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
-from cifarkit.records import BuildRecord, validate_build_record
-from cifarkit.tables import format_table, html_table
-from cifarkit.wrappers import unwrap_model
 
 if TYPE_CHECKING:
     from torchvision.models import VGG
@@ -301,7 +301,7 @@ def get_build_record(model: nn.Module) -> BuildRecord | None:
 def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:
     """Build a fresh (randomly initialised) model from a build record.
 
-    The record is checked first (:func:`cifarkit.records.validate_build_record`): known builders
+    The record is checked first (:func:`cifarkit.files.records.validate_build_record`): known builders
     and keywords only, bounded values, never a source of weights. Inside ``with
     torch.device("meta"):`` nothing is allocated (``load`` compares shapes that way first).
 

@@ -12,7 +12,7 @@ exported program).
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
 
-May import: cifarkit.errors, cifarkit.wrappers.
+May import: cifarkit.device, cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarkit.device import unwrap_model
 from cifarkit.errors import ModelRecordError, cut
-from cifarkit.wrappers import unwrap_model
 
 __all__ = [
     "IMAGENET_MEAN",

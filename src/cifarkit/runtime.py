@@ -5,7 +5,7 @@
 before they count; :func:`load_exported` opens one by its name. onnxruntime comes with
 ``pip install 'cifarkit[export]'`` and is imported only here, when an ``.onnx`` file is run.
 
-May import: cifarkit.errors, cifarkit.preprocess, cifarkit.writing.
+May import: cifarkit.errors, cifarkit.files.writing, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from cifarkit.errors import (
     check_choice,
     cut,
 )
+from cifarkit.files.writing import PathLike
 from cifarkit.preprocess import Preprocess, make_record, set_preprocessing, validate_record
-from cifarkit.writing import PathLike
 
 __all__ = [
     "FORMATS",
@@ -89,7 +89,7 @@ class ExportedModel(nn.Module):
 
     ``forward`` takes what cifarkit's loaders and :func:`~cifarkit.images.image_batch` give, float
     pixels ``(N, 3, H, W)`` in [0, 1] (or uint8), turns them back into uint8 ``(N, H, W, 3)`` and
-    returns the program's logits, so :func:`~cifarkit.prediction.predict` and
+    returns the program's logits, so :func:`~cifarkit.evaluation.predict` and
     :func:`~cifarkit.evaluation.evaluate` run it like the model it came from. :meth:`run` takes
     and gives the program's own inputs and outputs. It has no parameters and runs on the CPU.
     """

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import (
 
 from cifarkit.errors import InvalidOptionError, check_choice, check_positive_int
 
-__all__ = ["Interval", "Scheduler", "check_scheduler", "cosine", "interval_of", "one_cycle"]
+__all__ = ["Interval", "Scheduler", "check_scheduler", "cosine", "interval_of", "one_cycle", "step_every"]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 #: ``"batch"``: ``scheduler.step()`` after every optimizer step; ``"epoch"``: once per epoch.
@@ -81,6 +81,24 @@ def cosine(
     return scheduler
 
 
+def step_every(scheduler: Scheduler, interval: Literal["batch", "epoch"]) -> Scheduler:
+    """Mark when ``train_loop`` steps ``scheduler``: after every optimizer step (``"batch"``) or
+    once per epoch; returns it. Without a mark, :func:`interval_of` decides.
+
+    Raises:
+        InvalidOptionError: an unknown interval, or ``"batch"`` for ``ReduceLROnPlateau``.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> interval_of(step_every(torch.optim.lr_scheduler.ExponentialLR(opt, 0.99), "batch"))
+        'batch'
+    """
+    check_choice("interval", interval, ("batch", "epoch"))
+    interval_of(scheduler, interval)  # refuses "batch" for ReduceLROnPlateau
+    setattr(scheduler, _MARK, interval)
+    return scheduler
+
+
 def interval_of(scheduler: Scheduler, interval: Interval = "auto") -> Literal["batch", "epoch"]:
     """When ``scheduler`` is stepped: ``interval`` itself, or for ``"auto"``: per batch for
     ``OneCycleLR``, ``CyclicLR`` and the builders here (as torch documents them), per epoch for
@@ -91,18 +109,18 @@ def interval_of(scheduler: Scheduler, interval: Interval = "auto") -> Literal["b
         >>> interval_of(torch.optim.lr_scheduler.StepLR(opt, 10)), interval_of(ReduceLROnPlateau(opt))
         ('epoch', 'epoch')
     """
-    check_choice("scheduler_interval", interval, ("auto", "batch", "epoch"))
+    check_choice("interval", interval, ("auto", "batch", "epoch"))
     if isinstance(scheduler, ReduceLROnPlateau):
         if interval == "batch":
-            msg = "ReduceLROnPlateau steps on a per-epoch figure: use scheduler_interval='epoch' or 'auto'"
+            msg = "ReduceLROnPlateau steps on a per-epoch figure: step it every 'epoch'"
             raise InvalidOptionError(msg)
         return "epoch"
     if interval != "auto":
         return interval
     marked = getattr(scheduler, _MARK, None)
-    if marked == "batch" or isinstance(scheduler, (OneCycleLR, CyclicLR)):
-        return "batch"
-    return "epoch"
+    if marked in ("batch", "epoch"):
+        return "batch" if marked == "batch" else "epoch"
+    return "batch" if isinstance(scheduler, (OneCycleLR, CyclicLR)) else "epoch"
 
 
 def check_scheduler(scheduler: Scheduler, optimizer: torch.optim.Optimizer) -> None:

@@ -1,21 +1,32 @@
-"""What a real run does around ``loss.backward()`` and ``optimizer.step()``: gradient accumulation,
-fp16 loss scaling, gradient clipping and per-batch learning-rate schedules, in one small object
-so that :func:`~cifarkit.train.train_one_epoch` still reads like the lesson.
+"""What a training step does besides the lesson's five lines, in two small objects so that
+:func:`~cifarkit.train.train_one_epoch` still reads like the lesson.
 
-May import: cifarkit.errors, cifarkit.schedules.
+- :class:`OptimizerStep`, around ``loss.backward()`` and ``optimizer.step()``: gradient
+  accumulation, fp16 loss scaling, gradient clipping and per-batch learning-rate schedules.
+- :class:`Meter` and :class:`ClassMeter`: running sums of one pass over the data, kept on the
+  device and read once at the end. Adding a batch launches a few tiny device ops and never waits
+  for the device: the loss is accumulated *detached* (the tutorial's
+  ``sum_loss = sum_loss + result_loss`` keeps every step's autograd graph alive) and nothing is
+  converted to a Python number until :meth:`Meter.totals`, which also sums the figures over
+  ``torch.distributed`` ranks.
+
+May import: cifarkit.distributed, cifarkit.errors, cifarkit.schedules.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from cifarkit.errors import check_positive_int
+from cifarkit.distributed import DistContext, all_max, all_sum, all_sum_tensor
+from cifarkit.errors import InvalidOptionError, check_positive_int
 from cifarkit.schedules import Scheduler
 
-__all__ = ["OptimizerStep", "check_accumulate", "clip_or_measure"]
+__all__ = ["ClassCounts", "ClassMeter", "Meter", "OptimizerStep", "Totals", "check_accumulate", "clip_or_measure"]
 
 
 def check_accumulate(accumulate: object) -> None:
@@ -113,3 +124,160 @@ class OptimizerStep:
         self.pending = 0
         self.optimizer_steps += 1
         return norm
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A pass's figures as Python numbers, summed over ranks (``seconds``: the slowest rank's)."""
+
+    loss_sum: float  # sum of the batch losses, divided by the world size (see Meter.totals)
+    weighted_loss: float  # sum of batch loss x batch size
+    correct: int
+    images: int
+    steps: int
+    grad_norm_sum: float
+    norm_steps: int  # optimizer steps whose gradient norm was finite
+    seconds: float
+    first_step_seconds: float | None
+
+    @property
+    def loss_mean(self) -> float:
+        """Mean loss per image."""
+        return self.weighted_loss / self.images
+
+    @property
+    def accuracy(self) -> float:
+        """Share of images whose top class was right."""
+        return self.correct / self.images
+
+    @property
+    def grad_norm(self) -> float | None:
+        """Mean gradient norm over the optimizer steps (``None`` when none was counted)."""
+        return self.grad_norm_sum / self.norm_steps if self.norm_steps else None
+
+
+class Meter:
+    """Accumulate loss, accuracy and gradient norms of batches on ``device``.
+
+    Example:
+        >>> meter = Meter(torch.device("cpu"))
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> meter.add(torch.tensor(0.5), logits, torch.tensor([0, 0]))
+        >>> t = meter.totals(DistContext.single(torch.device("cpu")))
+        >>> t.loss_sum, t.loss_mean, t.accuracy, t.images
+        (0.5, 0.5, 0.5, 2)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.weighted = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm_steps = torch.zeros((), dtype=torch.int64, device=device)  # optimizer steps with a finite norm
+        self.images = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+        self.first_step_seconds: float | None = None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` ``targets``."""
+        batch = int(targets.shape[0])
+        with torch.no_grad():
+            detached = loss.detach().double()
+            self.loss_sum += detached
+            self.weighted += detached * batch
+            self.correct += (logits.argmax(1) == targets).sum()
+        if self.steps == 0:
+            self.first_step_seconds = time.perf_counter() - self.started
+        self.images += batch
+        self.steps += 1
+
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        """Count one optimizer step's gradient norm; a step a gradient scaler skipped (inf/nan
+        norm) is left out, on the device, without a sync."""
+        with torch.no_grad():
+            finite = torch.isfinite(norm)
+            self.grad_norm_sum += torch.where(finite, norm.detach().double(), 0.0)
+            self.norm_steps += finite
+
+    def totals(self, ctx: DistContext) -> Totals:
+        """Read the sums (one host sync) and add them up over ranks.
+
+        Under DDP every rank's shard is padded to equal batches, so the mean of the ranks' batch
+        losses is the global batch loss: ``loss_sum`` is divided by the world size and then equals
+        the single-process figure over the same global batches.
+        """
+        sums = all_sum(
+            ctx,
+            [float(self.loss_sum), float(self.weighted), float(self.correct), float(self.images),
+             float(self.steps), float(self.grad_norm_sum), float(self.norm_steps)],
+        )  # fmt: skip
+        seconds = all_max(ctx, time.perf_counter() - self.started)
+        first_step = None if self.first_step_seconds is None else all_max(ctx, self.first_step_seconds)
+        return Totals(
+            loss_sum=sums[0] / ctx.world_size,
+            weighted_loss=sums[1],
+            correct=int(sums[2]),
+            images=int(sums[3]),
+            steps=int(sums[4]),
+            grad_norm_sum=sums[5],
+            norm_steps=int(sums[6]),
+            seconds=seconds,
+            first_step_seconds=first_step,
+        )
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per-class figures of a pass, summed over ranks: the confusion matrix and top-k hits."""
+
+    confusion: torch.Tensor  # (C, C) int64 on the CPU: rows = true class, columns = predicted
+    topk_hits: dict[int, int]
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        """Share of each class's images predicted as that class (``nan`` for a class never seen)."""
+        totals = self.confusion.sum(1)
+        return [float(self.confusion[c, c]) / int(n) if int(n) else float("nan") for c, n in enumerate(totals)]
+
+
+class ClassMeter:
+    """Accumulate a confusion matrix and top-k hits on the device (no host sync per batch).
+
+    Example:
+        >>> meter = ClassMeter(3, topk=(1, 2), device=torch.device("cpu"))
+        >>> meter.add(torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]), torch.tensor([0, 1]))
+        >>> counts = meter.totals(DistContext.single(torch.device("cpu")))
+        >>> counts.confusion.tolist(), counts.topk_hits, counts.per_class_accuracy[:2]
+        ([[1, 0, 0], [1, 0, 0], [0, 0, 0]], {1: 1, 2: 2}, [1.0, 0.0])
+    """
+
+    def __init__(self, num_classes: int, *, topk: tuple[int, ...], device: torch.device) -> None:
+        bad = [k for k in topk if not isinstance(k, int) or not 1 <= k <= num_classes]
+        if bad:
+            msg = (
+                f"topk={topk!r} asks for top-{bad[0]} accuracy, but the model has {num_classes} classes: "
+                f"use values from 1 to {num_classes}"
+            )
+            raise InvalidOptionError(msg)
+        self.num_classes = num_classes
+        self.topk = tuple(sorted(set(topk)))
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+        self.hits = torch.zeros(len(self.topk), dtype=torch.int64, device=device)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count one batch of ``(B, C)`` logits against ``(B,)`` class indices."""
+        c = self.num_classes
+        with torch.no_grad():
+            valid = (targets >= 0) & (targets < c)  # ignore_index-style labels are not counted
+            y, out = targets[valid], logits[valid]
+            self.confusion += torch.bincount(y * c + out.argmax(1), minlength=c * c)
+            ranked = out.topk(self.topk[-1], dim=1).indices == y[:, None]  # (B, kmax) bool
+            found = ranked.cumsum(1).clamp_(max=1)  # 1 from the rank where the true class appears
+            self.hits += found[:, [k - 1 for k in self.topk]].sum(0)
+
+    def totals(self, ctx: DistContext) -> ClassCounts:
+        """Read the counts once (summed over ranks under DDP)."""
+        confusion = all_sum_tensor(ctx, self.confusion).view(self.num_classes, self.num_classes)
+        hits = all_sum_tensor(ctx, self.hits)
+        return ClassCounts(confusion, {k: int(h) for k, h in zip(self.topk, hits)})

@@ -6,9 +6,9 @@ Read :func:`train_one_epoch` first: it is the lesson, ``zero_grad -> forward -> 
 :func:`train_loop`, in the callbacks it calls (:mod:`cifarkit.callbacks`) and in the
 collaborators it hands over (a :class:`~cifarkit.distributed.DistContext`).
 
-May import: cifarkit.errors, cifarkit.device, cifarkit.wrappers, cifarkit.losses, cifarkit.loader,
-cifarkit.history, cifarkit.checkpoints, cifarkit.callbacks, cifarkit.distributed, cifarkit.progress,
-cifarkit.meters, cifarkit.schedules, cifarkit.steps, cifarkit.evaluation, cifarkit.preprocess.
+May import: cifarkit.callbacks, cifarkit.device, cifarkit.display, cifarkit.distributed,
+cifarkit.errors, cifarkit.evaluation, cifarkit.files.checkpoints, cifarkit.history, cifarkit.loader,
+cifarkit.losses, cifarkit.preprocess, cifarkit.schedules, cifarkit.steps.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from cifarkit.callbacks import Callbacks, TensorBoard
-from cifarkit.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.device import (
     Amp,
     amp_dtype,
@@ -34,19 +33,19 @@ from cifarkit.device import (
     move_batch,
     place_model,
     resolve_device,
+    unwrap_model,
 )
+from cifarkit.display import Progress, ProgressReport
 from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
 from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation import evaluate
+from cifarkit.files.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
 from cifarkit.loader import Batch, check_not_empty, match_memory_format, set_epoch
 from cifarkit.losses import CrossEntropyLoss, LossFn
-from cifarkit.meters import Meter
 from cifarkit.preprocess import set_preprocessing
-from cifarkit.progress import Progress, ProgressReport
 from cifarkit.schedules import Scheduler, check_scheduler, interval_of
-from cifarkit.steps import OptimizerStep, check_accumulate
-from cifarkit.wrappers import unwrap_model
+from cifarkit.steps import Meter, OptimizerStep, check_accumulate
 
 __all__ = ["train_loop", "train_one_epoch"]
 

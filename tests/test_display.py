@@ -1,14 +1,48 @@
-"""Progress where it is watched: bars on terminals and in notebooks, lines everywhere, nothing when off."""
+"""Showing results: tables (text and HTML), figures without pyplot, progress that fits its medium."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 from tqdm import tqdm
 
-from cifarkit.errors import InvalidOptionError
-from cifarkit.progress import ProgressReport, medium, progress_bar
+from cifarkit.display import ProgressReport, format_table, medium, new_figure, progress_bar, save_or_return
+from cifarkit.errors import InvalidOptionError, MissingExtraError
+
+
+def test_columns_align_left_and_right() -> None:
+    text = format_table([("a", "1"), ("long name", "1,000")], headers=("name", "n"), right=(1,))
+    assert text.splitlines() == ["name           n", "---------  -----", "a              1", "long name  1,000"]
+
+
+def test_key_value_listing_has_no_header_and_no_trailing_spaces() -> None:
+    text = format_table([("file", "m.pt"), ("build record", "")])
+    assert text.splitlines() == ["file          m.pt", "build record"]
+    assert format_table([]) == ""
+
+
+def test_ragged_rows_are_refused() -> None:
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        format_table([("a", "b"), ("c",)])
+
+
+def test_a_figure_shows_itself_and_saves(tmp_path: Path) -> None:
+    fig = new_figure("a test", figsize=(3, 2), dpi=50)
+    fig.subplots().plot([1, 2], [3, 4])
+    assert fig._repr_png_().startswith(b"\x89PNG")  # type: ignore[attr-defined]
+    assert save_or_return(fig, None) is fig
+    out = save_or_return(fig, tmp_path / "sub" / "f.png")
+    with Image.open(out) as image:  # type: ignore[arg-type]
+        assert image.size == (150, 100)
+
+
+def test_without_matplotlib_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"History\.plot needs matplotlib: pip install 'cifarkit\[plot\]'"):
+        new_figure("History.plot")
 
 
 def test_disabled_or_not_a_terminal_gives_the_items_back(monkeypatch: pytest.MonkeyPatch) -> None:

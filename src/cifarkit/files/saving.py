@@ -1,15 +1,16 @@
 """Saving and loading models: both of the tutorial's methods, safe, diagnosed and crash-proof.
 
 ``save(model, path)`` writes the cifarkit format (weights, build record, class names, versions and
-a SHA-256; see :mod:`cifarkit.files` for the layout), readable with plain
+a SHA-256; see :mod:`cifarkit.files.reading` for the layout), readable with plain
 ``torch.load(path, weights_only=True)``. ``method="full"`` is ``torch.save(model)`` (a pickled
 module); ``method="safetensors"`` writes the same ``state_dict`` with the other fields as JSON
 strings in the safetensors metadata. Every write is atomic: the previous file stays intact until
 the new one is complete on disk. ``load`` rebuilds the model from its record with no pickle;
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.models, cifarkit.tables,
-cifarkit.wrappers, cifarkit.preprocess, cifarkit.checksums, cifarkit.inspection, cifarkit.writing.
+May import: cifarkit.device, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.diagnosis,
+cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.writing, cifarkit.models,
+cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from cifarkit.checksums import payload_digest
-from cifarkit.diagnosis import Diagnosis, diagnose_state_dict
-from cifarkit.diagnosis import apply_state_dict as apply_state_dict
+from cifarkit.device import unwrap_model
 from cifarkit.errors import (
     MissingExtraError,
     ModelRecordError,
@@ -35,7 +34,13 @@ from cifarkit.errors import (
     WeightsOnlyFileError,
     check_choice,
 )
-from cifarkit.files import (
+from cifarkit.files.checksums import payload_digest
+from cifarkit.files.diagnosis import Diagnosis, diagnose_state_dict
+from cifarkit.files.diagnosis import apply_state_dict as apply_state_dict
+from cifarkit.files.inspection import FileInfo as FileInfo
+from cifarkit.files.inspection import file_preprocess, metadata_problems
+from cifarkit.files.inspection import inspect as inspect
+from cifarkit.files.reading import (
     DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
@@ -43,16 +48,12 @@ from cifarkit.files import (
     versions,
     weights_and_record,
 )
-from cifarkit.files import atomic_write as atomic_write
-from cifarkit.files import read_state_dict as read_state_dict
-from cifarkit.files import tensor_digest as tensor_digest
-from cifarkit.inspection import FileInfo as FileInfo
-from cifarkit.inspection import file_preprocess, metadata_problems
-from cifarkit.inspection import inspect as inspect
+from cifarkit.files.reading import atomic_write as atomic_write
+from cifarkit.files.reading import read_state_dict as read_state_dict
+from cifarkit.files.reading import tensor_digest as tensor_digest
+from cifarkit.files.writing import PathLike, check_writable
 from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
-from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import PathLike, check_writable
 
 __all__ = [
     "FileInfo",
@@ -166,7 +167,7 @@ def save(
         NonFiniteWeightsError: a parameter holds NaN/inf (nothing is written).
         CheckpointIsDirectoryError: ``path`` is a directory.
         WriteError: a FIFO, device or socket at ``path``, the disk full, a failed ``fsync``: the
-            previous file is intact and no temporary is left (see :mod:`cifarkit.writing`).
+            previous file is intact and no temporary is left (see :mod:`cifarkit.files.writing`).
 
     Example:
         >>> import tempfile, pathlib

@@ -1,8 +1,8 @@
 """Model files on disk: the safe readers, the checksum check and the file layout.
 
 Everything here is about bytes and formats, not about models: :mod:`cifarkit.models` reads
-pretrained weights through :func:`read_state_dict`, :mod:`cifarkit.persist` builds ``save``/``load``
-on the readers, and :mod:`cifarkit.checkpoints` reads checkpoints through :func:`read_payload`.
+pretrained weights through :func:`read_state_dict`, :mod:`cifarkit.files.saving` builds ``save``/``load``
+on the readers, and :mod:`cifarkit.files.checkpoints` reads checkpoints through :func:`read_payload`.
 
 File layout of a cifarkit model file (``save(model, path)``), readable with plain
 ``torch.load(path, weights_only=True)``::
@@ -15,7 +15,7 @@ File layout of a cifarkit model file (``save(model, path)``), readable with plai
         "classes": [str, ...] or None,
         "preprocess": {...} or None,       # the preprocessing record (cifarkit.preprocess)
         "versions": {"cifarkit": str, "torch": str},
-        "payload_sha256": str,             # of everything above (cifarkit.checksums.payload_digest)
+        "payload_sha256": str,             # of everything above (cifarkit.files.checksums.payload_digest)
     }
 
 Format 1 files (cifarkit 0.1 and 0.2) carry ``sha256`` over the tensors and, from 0.2,
@@ -28,7 +28,8 @@ module references (listed, never imported). A file that cannot be parsed is
 :class:`~cifarkit.errors.CorruptCheckpointError`; only a well-formed pickle that references
 globals outside torch's allowlist is :class:`~cifarkit.errors.UnsafeLoadError`.
 
-May import: cifarkit.errors, cifarkit.checksums, cifarkit.writing, cifarkit.archives.
+May import: cifarkit.errors, cifarkit.files.archives, cifarkit.files.checksums,
+cifarkit.files.writing.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from typing import Any, Literal, cast
 
 import torch
 
-from cifarkit.archives import Kind, check_zip, file_kind, references
-from cifarkit.checksums import check_limits, excerpt, meta_digest, payload_digest, tensor_digest
 from cifarkit.errors import (
     CheckpointIsDirectoryError,
     CheckpointNotFoundError,
@@ -56,8 +55,10 @@ from cifarkit.errors import (
     NotACheckpointError,
     UnsafeLoadError,
 )
-from cifarkit.writing import PathLike
-from cifarkit.writing import atomic_write as atomic_write
+from cifarkit.files.archives import Kind, check_zip, file_kind, references
+from cifarkit.files.checksums import check_limits, excerpt, meta_digest, payload_digest, tensor_digest
+from cifarkit.files.writing import PathLike
+from cifarkit.files.writing import atomic_write as atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -87,13 +88,13 @@ __all__ = [
 FORMAT = "cifarkit.state_dict"
 CHECKPOINT_FORMAT = "cifarkit.checkpoint"
 FORMAT_VERSION = 2
-#: The checkpoint format this cifarkit writes and resumes (see :mod:`cifarkit.checkpoints`).
+#: The checkpoint format this cifarkit writes and resumes (see :mod:`cifarkit.files.checkpoints`).
 CHECKPOINT_VERSION = 4
 #: The key of the whole-payload digest (model files of format 2, checkpoints).
 DIGEST_KEY = "payload_sha256"
 #: The most bytes one JSON string in a safetensors file's metadata may hold.
 MAX_JSON_BYTES = 1 << 20
-#: A build record as read from a file (checked by ``cifarkit.records.validate_build_record``).
+#: A build record as read from a file (checked by ``cifarkit.files.records.validate_build_record``).
 RawRecord = dict[str, Any]
 #: ``ok``: the whole payload verified; ``tensors only``: a format-1 file, verified with its weaker
 #: digests; ``absent``: nothing to verify; ``mismatch``: the file changed after it was saved.

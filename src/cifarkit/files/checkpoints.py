@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to resume a run after an epoch, written atomically.
 
-A checkpoint embeds the model file's payload (see :mod:`cifarkit.files`), the optimizer state, the
+A checkpoint embeds the model file's payload (see :mod:`cifarkit.files.reading`), the optimizer state, the
 epoch, the :class:`~cifarkit.history.History`, the scheduler's and gradient scaler's states, the
 best-so-far figure and weights, the loader's seed and epoch, and every random state (torch's CPU
 and CUDA generators, Python's ``random``, numpy's when it is imported), as tensors and plain
@@ -10,8 +10,9 @@ One format version, :data:`~cifarkit.files.CHECKPOINT_VERSION` (4: every field a
 callbacks' states included, under one SHA-256, ``payload_sha256``); a checkpoint of another
 version is refused with its number (the run is started again; nothing was released before it).
 
-May import: cifarkit.errors, cifarkit.files, cifarkit.diagnosis, cifarkit.persist, cifarkit.history,
-cifarkit.checksums, cifarkit.inspection, cifarkit.wrappers, cifarkit.writing.
+May import: cifarkit.device, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.diagnosis,
+cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.saving, cifarkit.files.writing,
+cifarkit.history.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarkit.checksums import excerpt, payload_digest
-from cifarkit.diagnosis import diagnose_state_dict
+from cifarkit.device import unwrap_model
 from cifarkit.errors import CorruptCheckpointError, HistoryFormatError, NotACheckpointError, StateDictMismatchError
-from cifarkit.files import (
+from cifarkit.files.checksums import excerpt, payload_digest
+from cifarkit.files.diagnosis import diagnose_state_dict
+from cifarkit.files.inspection import metadata_problems
+from cifarkit.files.reading import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     DIGEST_KEY,
@@ -41,11 +44,9 @@ from cifarkit.files import (
     read_payload,
     weights_and_record,
 )
+from cifarkit.files.saving import check_finite_weights, state_payload
+from cifarkit.files.writing import PathLike, check_writable
 from cifarkit.history import History
-from cifarkit.inspection import metadata_problems
-from cifarkit.persist import check_finite_weights, state_payload
-from cifarkit.wrappers import unwrap_model
-from cifarkit.writing import PathLike, check_writable
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -122,7 +123,7 @@ def save_checkpoint(
 ) -> Path:
     """Atomically save everything needed to resume training after ``epoch`` epochs.
 
-    The file holds the model payload (as :func:`~cifarkit.persist.save`), the optimizer state,
+    The file holds the model payload (as :func:`~cifarkit.files.saving.save`), the optimizer state,
     the epoch, the :class:`~cifarkit.history.History`, the ``scheduler``'s and ``scaler``'s
     states, ``callbacks`` (each stateful callback's ``state_dict()``), ``loader`` (the loader's seed and epoch),
     ``extra`` (plain containers, numbers, strings, tensors) and every random state, and loads

@@ -6,7 +6,7 @@ its type and bounds (``num_classes`` up to :data:`MAX_CLASSES`, ``dropout`` in [
 never a source of weights: rebuilding from a file never downloads, never opens another file
 and never allocates more than the architecture's own parameters.
 
-May import: cifarkit.errors, cifarkit.checksums, cifarkit.preprocess.
+May import: cifarkit.errors, cifarkit.files.checksums, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Literal, TypedDict, cast
 
-from cifarkit.checksums import excerpt
 from cifarkit.errors import ModelRecordError
+from cifarkit.files.checksums import excerpt
 from cifarkit.preprocess import MAX_CLASSES
 
 __all__ = ["VGG_ARCHS", "BuildRecord", "validate_build_record"]
 
 JSONScalar = str | int | float | bool | None
-#: The most classes a build record may ask for.
 #: The torchvision VGG architectures ``adapt_vgg16`` records (and ``rebuild`` accepts).
 VGG_ARCHS = tuple(f"{name}{bn}" for name in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in ("", "_bn"))
 

@@ -1,7 +1,7 @@
 """Why a ``state_dict`` does not fit a model, in plain words (the tutorial's "reason unknown"),
 and loading one with that diagnosis attached (:func:`apply_state_dict`).
 
-May import: cifarkit.errors, cifarkit.wrappers.
+May import: cifarkit.device, cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cifarkit.device import WRAPPER_PREFIXES, strip_wrapper_prefix, unwrap_model
 from cifarkit.errors import StateDictMismatchError, cut
-from cifarkit.wrappers import WRAPPER_PREFIXES, strip_wrapper_prefix, unwrap_model
 
 #: How much of a file's key a message quotes: key names can be arbitrarily long.
 KEY_LIMIT = 80

@@ -3,7 +3,7 @@
 Nothing here imports or calls anything a file names: the zip directory is read with
 :mod:`zipfile` (entries are not inflated), the pickle with :mod:`pickletools` (opcodes only).
 
-May import: cifarkit.errors, cifarkit.checksums.
+May import: cifarkit.errors, cifarkit.files.checksums.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from cifarkit.checksums import excerpt
 from cifarkit.errors import CorruptCheckpointError, NotACheckpointError
+from cifarkit.files.checksums import excerpt
 
 __all__ = ["Kind", "check_zip", "file_kind", "pickled_globals", "references"]
 

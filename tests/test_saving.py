@@ -21,7 +21,6 @@ from cifarkit import (
     load,
     save,
 )
-from cifarkit.checksums import payload_digest
 from cifarkit.errors import (
     CheckpointIsDirectoryError,
     CheckpointNotFoundError,
@@ -34,6 +33,7 @@ from cifarkit.errors import (
     UnsafeLoadError,
     WeightsOnlyFileError,
 )
+from cifarkit.files.checksums import payload_digest
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

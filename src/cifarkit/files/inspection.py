@@ -5,8 +5,8 @@ raises on a file it can parse: a failed checksum, a malformed or out-of-bounds r
 names that are not strings... come back as :attr:`FileInfo.problems`. :func:`metadata_problems`
 is the same check :func:`cifarkit.load` runs before it builds anything.
 
-May import: cifarkit.errors, cifarkit.checksums, cifarkit.files, cifarkit.preprocess,
-cifarkit.records, cifarkit.tables.
+May import: cifarkit.display, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.reading,
+cifarkit.files.records, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cifarkit.checksums import excerpt
+from cifarkit.display import format_table
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError, NotACheckpointError, UnsafeLoadError
-from cifarkit.files import (
+from cifarkit.files.checksums import excerpt
+from cifarkit.files.reading import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     FORMAT,
@@ -32,9 +33,8 @@ from cifarkit.files import (
     torch_load,
     weights_and_record,
 )
+from cifarkit.files.records import BuildRecord, validate_build_record
 from cifarkit.preprocess import MAX_CLASSES, Preprocess, validate_record
-from cifarkit.records import BuildRecord, validate_build_record
-from cifarkit.tables import format_table
 
 __all__ = ["FileInfo", "file_preprocess", "inspect", "metadata_problems"]
 
