@@ -25,7 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = main(
-            ["train", "--epochs", "2", "--train-size", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"]
+            ["train", "--epochs", "2", "--train-count", "256", "--quiet", "--out", str(out), "--model", "cnn-relu"]
         )
     assert status == 0
     return out, printed.getvalue().splitlines()
@@ -38,7 +38,7 @@ def test_train_prints_epochs_and_saves_the_model_it_reports_on(trained: tuple[Pa
     model = load(path)
     assert type(model).__name__ == "CifarCNN" and model.sequential[1].__class__.__name__ == "ReLU"
     # The last line's held-out accuracy is the saved model's accuracy on the same held-out data
-    # (--train-size 256: 51 images generated with seed 1).
+    # (--train-count 256: 51 images generated with seed 1).
     printed = float(re.search(r"eval acc ([\d.]+)%", lines[1]).group(1))  # type: ignore[union-attr]
     held_out = synthetic_cifar10(51, seed=1).loader(batch_size=256, shuffle=False)
     assert evaluate(model, held_out, device="cpu").accuracy * 100 == pytest.approx(printed, abs=0.05)
@@ -47,7 +47,7 @@ def test_train_prints_epochs_and_saves_the_model_it_reports_on(trained: tuple[Pa
 def test_default_run_is_the_lesson_and_says_what_to_try_next(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "--epochs", "2", "--train-size", "128", "--quiet", "--out", str(tmp_path / "m.pt")]) == 0
+    assert main(["train", "--epochs", "2", "--train-count", "128", "--quiet", "--out", str(tmp_path / "m.pt")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("epoch 1/2  loss sum ") and "train acc" in lines[0] and "img/s" in lines[0]
     assert lines[1].startswith("epoch 2/2") and lines[2].startswith("saved ")
@@ -66,7 +66,7 @@ def test_evaluate_inspect_predict(
 ) -> None:
     file = trained[0]
     model = load(file)
-    assert main(["evaluate", str(file), "--size", "200"]) == 0
+    assert main(["evaluate", str(file), "--count", "200"]) == 0
     expected = evaluate(model, synthetic_cifar10(200, seed=1).loader(batch_size=256, shuffle=False), device="cpu")
     first = capsys.readouterr().out.splitlines()[0]
     assert f"accuracy {expected.accuracy:.2%}  top-5 {expected.topk[5]:.2%}  on 200 images" in first
@@ -108,7 +108,7 @@ def test_python_dash_m_entry_point() -> None:
 
 
 def test_train_with_a_schedule_regularisation_and_fp16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["train", "--model", "cnn-relu", "--epochs", "2", "--train-size", "128", "--quiet", "--momentum", "0.9",
+    args = ["train", "--model", "cnn-relu", "--epochs", "2", "--train-count", "128", "--quiet", "--momentum", "0.9",
             "--weight-decay", "5e-4", "--label-smoothing", "0.1", "--amp", "fp16"]  # fmt: skip
     assert main([*args, "--schedule", "onecycle", "--out", str(tmp_path / "a.pt")]) == 0
     assert main([*args, "--schedule", "cosine", "--warmup-epochs", "1", "--out", str(tmp_path / "b.pt")]) == 0
@@ -122,7 +122,7 @@ def test_evaluate_prints_the_classes_and_draws_the_confusion_matrix(
     trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     picture = tmp_path / "confusion.png"
-    assert main(["evaluate", str(trained[0]), "--size", "100", "--confusion", str(picture)]) == 0
+    assert main(["evaluate", str(trained[0]), "--count", "100", "--confusion", str(picture)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "top-5" in out[0] and out[1].split() == ["class", "accuracy", "images"]
     assert {line.split()[0] for line in out[3:13]} == set(synthetic_cifar10(1).classes)
@@ -185,7 +185,7 @@ def test_vgg16_from_a_weights_file_with_frozen_features(
 ) -> None:
     out = tmp_path / "vgg.pt"
     args = ["train", "--model", "vgg16", "--weights", str(vgg_weights_file), "--freeze-features", "--epochs", "1",
-            "--train-size", "32", "--batch-size", "16", "--quiet", "--out", str(out)]  # fmt: skip
+            "--train-count", "32", "--batch-size", "16", "--quiet", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     trained, start = load(out).state_dict(), torch.load(vgg_weights_file, weights_only=True)
     assert torch.equal(trained["features.0.weight"], start["features.0.weight"])  # frozen: untouched
@@ -224,9 +224,9 @@ def test_export_then_predict_and_evaluate_the_program_print_what_the_model_file_
     assert "on 40 images" in model_lines
     assert main(["evaluate", str(tmp_path / "model.pt2")]) == 1  # unpickled: --trusted only
     assert "trusted" in capsys.readouterr().err
-    pt2 = printed("evaluate", str(tmp_path / "model.pt2"), "--size", "100", "--trusted")
+    pt2 = printed("evaluate", str(tmp_path / "model.pt2"), "--count", "100", "--trusted")
     pt2 = pt2.replace(str(tmp_path / "model.pt2"), "FILE")
-    assert pt2 == printed("evaluate", str(file), "--size", "100")
+    assert pt2 == printed("evaluate", str(file), "--count", "100")
 
 
 def test_export_usage_errors(

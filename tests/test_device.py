@@ -76,7 +76,7 @@ _ALLOCATOR_SCRIPT = textwrap.dedent(
     if sys.argv[1] == "library":
         device.retain_cpu_memory()  # the library applies it only when asked
     else:
-        main(["train", "--epochs", "1", "--train-size", "64", "--quiet", "--out", sys.argv[2]])
+        main(["train", "--epochs", "1", "--train-count", "64", "--quiet", "--out", sys.argv[2]])
     seen["after"] = device._ALLOCATOR_TUNED
     print(json.dumps(seen))
     """

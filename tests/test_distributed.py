@@ -126,7 +126,7 @@ def test_cifarkit_train_runs_under_torchrun(tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "-m", "cifarkit", "train", "--epochs", "1", "--train-size", "256", "--quiet", "--out", str(out)]  # fmt: skip
+           "-m", "cifarkit", "train", "--epochs", "1", "--train-count", "256", "--quiet", "--out", str(out)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 1/1") == 1  # only rank 0 prints

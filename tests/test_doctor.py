@@ -110,9 +110,9 @@ def test_eval_mode_batch_size_and_amp() -> None:
 
 
 def test_the_command_exits_1_on_problems_and_0_without(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["doctor", "--train-size", "128"]) == 1
+    assert main(["doctor", "--train-count", "128"]) == 1
     assert "no-nonlinearity" in capsys.readouterr().out
-    assert main(["doctor", "--model", "cnn-relu", "--momentum", "0.9", "--train-size", "128"]) == 0
+    assert main(["doctor", "--model", "cnn-relu", "--momentum", "0.9", "--train-count", "128"]) == 0
     assert capsys.readouterr().out.strip() == "no problems found"
 
 

@@ -20,11 +20,11 @@ from torch import nn
 import cifarkit
 from cifarkit import ExportReport, build_cnn, export, load_exported, predict, synthetic_cifar10, train_loop
 from cifarkit.errors import (
-    CheckpointIsDirectoryError,
     ExportError,
     InvalidOptionError,
     MissingExtraError,
     NonFiniteWeightsError,
+    PathIsDirectoryError,
     WriteError,
 )
 from cifarkit.evaluation import class_probabilities
@@ -169,7 +169,7 @@ def test_a_model_without_a_record_needs_a_size_and_takes_class_names(tmp_path: P
 
 def test_bad_paths_are_refused_before_exporting(trained: nn.Module, tmp_path: Path) -> None:
     (tmp_path / "dir.onnx").mkdir()
-    with pytest.raises(CheckpointIsDirectoryError):
+    with pytest.raises(PathIsDirectoryError):
         export(trained, tmp_path / "dir.onnx")
     os.mkfifo(tmp_path / "pipe.onnx")
     with pytest.raises(WriteError, match="FIFO"):

@@ -369,7 +369,7 @@ def test_outputs_are_checked_before_training(tmp_path: Path, where: str, capsys:
               "fifo": ["--checkpoint", str(tmp_path / "fifo")],
               "log-dir-file": ["--log-dir", str(tmp_path / "file")]}[where]  # fmt: skip
     with pytest.raises(SystemExit) as caught:
-        main(["train", "--epochs", "1", "--train-size", "64", *option])
+        main(["train", "--epochs", "1", "--train-count", "64", *option])
     assert caught.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -381,10 +381,10 @@ def test_failures_exit_1_with_one_line(tmp_path: Path, files: dict[str, Path], c
     assert status == 1 and "history is malformed" in err and len(err.strip().splitlines()) == 1
     record = {"builder": "build_cnn", "kwargs": {"num_classes": 2_000_000}}
     crafted = write(tmp_path / "crafted.pt", signed(_raw(files["model"]) | {"build": record}))
-    for argv in (["inspect", str(crafted)], ["evaluate", str(crafted), "--size", "8"]):
+    for argv in (["inspect", str(crafted)], ["evaluate", str(crafted), "--count", "8"]):
         status, err = _cli(argv, capsys)
         assert status == 1 and len(err.strip().splitlines()) <= 1
-    status, err = _cli(["evaluate", str(files["full"]), "--size", "8"], capsys)
+    status, err = _cli(["evaluate", str(files["full"]), "--count", "8"], capsys)
     assert status == 1 and "trusted=True" in err and len(err.strip().splitlines()) == 1
 
 
@@ -404,7 +404,7 @@ def test_an_image_over_pillows_bomb_limit_is_a_read_error(tmp_path: Path, files:
 
 
 def test_a_diverging_run_exits_1(tmp_path: Path, capsys: Any) -> None:
-    status, _ = _cli(["train", "--epochs", "1", "--train-size", "64", "--lr", "nan", "--quiet",
+    status, _ = _cli(["train", "--epochs", "1", "--train-count", "64", "--lr", "nan", "--quiet",
                         "--out", str(tmp_path / "m.pt")], capsys)  # fmt: skip
     assert status == 1 and not (tmp_path / "m.pt").exists()
 
@@ -469,7 +469,7 @@ def test_fuzzed_files_through_the_command(
 ) -> None:
     path = tmp_path_factory.mktemp("cli") / "f.pt"
     path.write_bytes(_mutate(files["model"].read_bytes(), mutation))
-    for argv in (["inspect", str(path)], ["evaluate", str(path), "--size", "4"]):
+    for argv in (["inspect", str(path)], ["evaluate", str(path), "--count", "4"]):
         status = main(argv)
         err = capsys.readouterr().err
         assert status in (0, 1) and "Traceback" not in err and len(err.strip().splitlines()) <= 1

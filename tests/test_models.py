@@ -14,8 +14,8 @@ from torchvision.models import VGG16_Weights
 from cifarkit import adapt_vgg16, build_cnn, summary
 from cifarkit.errors import (
     AlreadyAdaptedError,
-    CheckpointNotFoundError,
     InvalidOptionError,
+    ModelFileNotFoundError,
     ModelRecordError,
     NotACheckpointError,
     ShapeError,
@@ -204,7 +204,7 @@ def test_wrong_or_corrupt_weights_files(tmp_path: Path) -> None:
     junk.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
     with pytest.raises(NotACheckpointError, match="PNG"):
         adapt_vgg16(weights=junk)
-    with pytest.raises(CheckpointNotFoundError, match="no such file"):
+    with pytest.raises(ModelFileNotFoundError, match="no such file"):
         adapt_vgg16(weights=tmp_path / "missing.pth")
 
 

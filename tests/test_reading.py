@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cifarkit import build_cnn, save
-from cifarkit.errors import CheckpointIsDirectoryError, NotACheckpointError, UnsafeLoadError
+from cifarkit.errors import NotACheckpointError, PathIsDirectoryError, UnsafeLoadError
 from cifarkit.files.reading import atomic_write, read_payload, read_state_dict, sniff, tensor_digest, versions
 
 _KILL_SCRIPT = textwrap.dedent(
@@ -83,7 +83,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_atomic_write_refuses_a_directory_and_creates_parents(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointIsDirectoryError, match="is a directory"):
+    with pytest.raises(PathIsDirectoryError, match="is a directory"):
         atomic_write(tmp_path, lambda f: f.write(b"x"))
     assert atomic_write(tmp_path / "a" / "b" / "c.bin", lambda f: f.write(b"x")).read_bytes() == b"x"
 

@@ -22,14 +22,14 @@ from cifarkit import (
     save,
 )
 from cifarkit.errors import (
-    CheckpointIsDirectoryError,
-    CheckpointNotFoundError,
     CifarkitError,
     CorruptCheckpointError,
     InvalidOptionError,
     ModelClassNotFoundError,
+    ModelFileNotFoundError,
     NonFiniteWeightsError,
     NotACheckpointError,
+    PathIsDirectoryError,
     UnsafeLoadError,
     WeightsOnlyFileError,
 )
@@ -218,11 +218,11 @@ def test_truncated_directory_and_missing(tmp_path: Path) -> None:
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(CorruptCheckpointError, match=r"half\.pt"):
         load(truncated)
-    with pytest.raises(CheckpointIsDirectoryError, match="is a directory"):
+    with pytest.raises(PathIsDirectoryError, match="is a directory"):
         load(tmp_path)
-    with pytest.raises(CheckpointNotFoundError, match="no such file"):
+    with pytest.raises(ModelFileNotFoundError, match="no such file"):
         load(tmp_path / "nope.pt")
-    with pytest.raises(CheckpointIsDirectoryError):
+    with pytest.raises(PathIsDirectoryError):
         save(build_cnn(), tmp_path)
 
 

@@ -105,7 +105,7 @@ def test_sums_match_a_hand_count() -> None:
     meter.add_grad_norm(torch.tensor(float("inf")))  # a step a gradient scaler skipped: not counted
     t = meter.totals(DistContext.single(torch.device("cpu")))
     correct = sum(int((x.argmax(1) == y).sum()) for x, y in batches)
-    assert (t.images, t.steps, t.correct) == (7, 2, correct)
+    assert (t.images, t.batches, t.correct) == (7, 2, correct)
     assert t.loss_sum == pytest.approx(float(losses[0] + losses[1]))
     assert t.loss_mean == pytest.approx(float(losses[0] * 5 + losses[1] * 2) / 7)
     assert t.accuracy == correct / 7 and t.grad_norm_sum == 4.0 and t.norm_steps == 2 and t.grad_norm == 2.0

@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_before_it_touches_the_weights(tmp_path: Path) -> 
     model = build_cnn()
     snapshots: list[torch.Tensor] = []
     checkpoint = tmp_path / "ck.pt"
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 3"):
         train_loop(model, small_loader(256, batch_size=64), epochs=3, loss_fn=flaky_loss, device="cpu", progress=False,
                    checkpoint=checkpoint, callbacks=[lambda e, h: snapshots.append(model.sequential[0].weight.detach().clone())])  # fmt: skip
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cifarkit import build_cnn, load, save
-from cifarkit.errors import CheckpointIsDirectoryError, WriteError
+from cifarkit.errors import PathIsDirectoryError, WriteError
 from cifarkit.files.writing import STALE_TEMPORARY_AGE_S, TEMP_SUFFIX, atomic_write, check_writable
 
 
@@ -85,7 +85,7 @@ def test_a_fifo_is_refused_before_any_work(tmp_path: Path) -> None:
 def test_a_device_a_directory_and_a_path_under_a_file_are_refused(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="character device"):
         check_writable("/dev/null")
-    with pytest.raises(CheckpointIsDirectoryError, match="is a directory"):
+    with pytest.raises(PathIsDirectoryError, match="is a directory"):
         save(build_cnn(), tmp_path)
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(WriteError, match="is a file, not a folder"):

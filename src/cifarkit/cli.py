@@ -56,10 +56,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _data(spec: str, *, train: bool, size: int, seed: int) -> ImageTensors:
-    """``size`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split."""
+def _data(spec: str, *, train: bool, count: int, seed: int) -> ImageTensors:
+    """``count`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split."""
     if spec == "synthetic":
-        return synthetic_cifar10(size, seed=seed if train else seed + 1)
+        return synthetic_cifar10(count, seed=seed if train else seed + 1)
     return load_cifar10(spec, train=train)
 
 
@@ -69,9 +69,9 @@ def _train_and_held_out(args: argparse.Namespace) -> tuple[ImageTensors, ImageTe
         fraction: float = args.val_fraction
         return load_image_folder(args.data, size=args.image_size, val_fraction=fraction, seed=args.seed,
                                  progress=not args.quiet)  # fmt: skip
-    eval_size = max(1, args.train_size // 5)  # synthetic held-out: a fifth of the training size
-    held_out = _data(args.data, train=False, size=eval_size, seed=args.seed)
-    return _data(args.data, train=True, size=args.train_size, seed=args.seed), held_out
+    eval_size = max(1, args.train_count // 5)  # synthetic held-out: a fifth of the training size
+    held_out = _data(args.data, train=False, count=eval_size, seed=args.seed)
+    return _data(args.data, train=True, count=args.train_count, seed=args.seed), held_out
 
 
 def _normalization(model: torch.nn.Module) -> tuple[list[float], list[float]] | None:
@@ -177,7 +177,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         size = args.image_size or (tuple(recorded) if recorded else 32)
         data = load_image_folder(args.data, size=size, classes=saved_classes)
     else:
-        data = _data(args.data, train=False, size=args.size, seed=0)
+        data = _data(args.data, train=False, count=args.count, seed=0)
     classes = saved_classes or data.classes  # the file's names first
     device = resolve_device(args.device)
     loader = data.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=0.01)
     run.add_argument("--momentum", type=float, default=0.0)
     run.add_argument("--device", default="auto")
-    run.add_argument("--train-size", type=int, default=10_000, help="synthetic images to train on")
+    run.add_argument("--train-count", type=int, default=10_000, help="synthetic images to train on")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--augment", action="store_true", help="random crop and flip")
     run.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default="synthetic", help="'synthetic', a CIFAR-10 folder, or an image folder")
     ev.add_argument("--image-size", type=int, default=None, help="side of the images read from a folder "
                     "(default: the size the model was trained on)")  # fmt: skip
-    ev.add_argument("--size", type=int, default=2_000, help="synthetic images to evaluate on")
+    ev.add_argument("--count", type=int, default=2_000, help="synthetic images to evaluate on")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model or a .pt2 program")
     ev.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix as a PNG")
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors found before any work: each exits 2 with one line."""
-    for name in ("epochs", "batch_size", "train_size", "size", "top", "image_size"):
+    for name in ("epochs", "batch_size", "train_count", "count", "top", "image_size"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= getattr(args, "seed", 0) < 2**63:

@@ -18,8 +18,6 @@ import pickle
 
 __all__ = [
     "AlreadyAdaptedError",
-    "CheckpointIsDirectoryError",
-    "CheckpointNotFoundError",
     "CifarkitError",
     "ClassIndexError",
     "CorruptCheckpointError",
@@ -35,10 +33,12 @@ __all__ = [
     "InvalidOptionError",
     "MissingExtraError",
     "ModelClassNotFoundError",
+    "ModelFileNotFoundError",
     "ModelRecordError",
     "NonFiniteLossError",
     "NonFiniteWeightsError",
     "NotACheckpointError",
+    "PathIsDirectoryError",
     "ShapeError",
     "StateDictMismatchError",
     "UnsafeLoadError",
@@ -137,7 +137,7 @@ class DatasetFormatError(CifarkitError, ValueError):
     """A dataset file exists but does not hold what its format promises (or was tampered with)."""
 
 
-class CheckpointNotFoundError(CifarkitError, FileNotFoundError):
+class ModelFileNotFoundError(CifarkitError, FileNotFoundError):
     """A model or checkpoint file does not exist."""
 
 
@@ -156,8 +156,8 @@ class WriteError(CifarkitError, OSError):
     """
 
 
-class CheckpointIsDirectoryError(CifarkitError, IsADirectoryError):
-    """A path given as a model file is a directory."""
+class PathIsDirectoryError(CifarkitError, IsADirectoryError):
+    """A path given for a file (a model, a checkpoint, an exported program) is a directory."""
 
 
 class CorruptCheckpointError(CifarkitError, ValueError):

@@ -287,7 +287,7 @@ def export(
     Raises:
         InvalidOptionError: an unknown format or suffix; no size for a model without a record;
             ``classes`` of the wrong length.
-        CheckpointIsDirectoryError, WriteError: the path is a directory, a FIFO, under a file.
+        PathIsDirectoryError, WriteError: the path is a directory, a FIFO, under a file.
         NonFiniteWeightsError: NaN or infinite weights.
         ExportError: the exporter cannot capture the model, or the written program answers
             differently from the eager model; nothing is written.

@@ -134,7 +134,7 @@ class Totals:
     weighted_loss: float  # sum of batch loss x batch size
     correct: int
     images: int
-    steps: int
+    batches: int  # batches counted (optimizer steps are counted by norm_steps)
     grad_norm_sum: float
     norm_steps: int  # optimizer steps whose gradient norm was finite
     seconds: float
@@ -175,7 +175,7 @@ class Meter:
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.norm_steps = torch.zeros((), dtype=torch.int64, device=device)  # optimizer steps with a finite norm
         self.images = 0
-        self.steps = 0
+        self.batches = 0
         self.started = time.perf_counter()
         self.first_step_seconds: float | None = None
 
@@ -187,10 +187,10 @@ class Meter:
             self.loss_sum += detached
             self.weighted += detached * batch
             self.correct += (logits.argmax(1) == targets).sum()
-        if self.steps == 0:
+        if self.batches == 0:
             self.first_step_seconds = time.perf_counter() - self.started
         self.images += batch
-        self.steps += 1
+        self.batches += 1
 
     def add_grad_norm(self, norm: torch.Tensor) -> None:
         """Count one optimizer step's gradient norm; a step a gradient scaler skipped (inf/nan
@@ -210,7 +210,7 @@ class Meter:
         sums = all_sum(
             ctx,
             [float(self.loss_sum), float(self.weighted), float(self.correct), float(self.images),
-             float(self.steps), float(self.grad_norm_sum), float(self.norm_steps)],
+             float(self.batches), float(self.grad_norm_sum), float(self.norm_steps)],
         )  # fmt: skip
         seconds = all_max(ctx, time.perf_counter() - self.started)
         first_step = None if self.first_step_seconds is None else all_max(ctx, self.first_step_seconds)
@@ -219,7 +219,7 @@ class Meter:
             weighted_loss=sums[1],
             correct=int(sums[2]),
             images=int(sums[3]),
-            steps=int(sums[4]),
+            batches=int(sums[4]),
             grad_norm_sum=sums[5],
             norm_steps=int(sums[6]),
             seconds=seconds,

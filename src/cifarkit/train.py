@@ -128,14 +128,14 @@ def train_one_epoch(
     batches = ProgressReport(progress).bar(match_memory_format(data, dev, fmt), desc=f"epoch {epoch + 1}")
     for x, y in batches:
         x, y = move_batch(x, y, dev, fmt)  # images (B, 3, H, W) float, labels (B,) int64
-        if logger is not None and meter.steps == 0:
+        if logger is not None and meter.batches == 0:
             logger.log_first_batch(unwrap_model(model), x)
         if step.pending == 0:
             optimizer.zero_grad(set_to_none=True)  # 1. forget the previous step's gradients
         with autocast(dev, dtype):
             out = model(x)  # 2. forward: logits (B, C)
             loss = loss_fn(out, y)  # 3. loss: one number for the batch
-        _check_finite(loss, epoch, meter.steps)  # before backward: a NaN never reaches the weights
+        _check_finite(loss, epoch, meter.batches)  # before backward: a NaN never reaches the weights
         step.backward(loss)  # 4. backward: every parameter's .grad (÷ accumulate, fp16-scaled)
         if step.ready:
             meter.add_grad_norm(step.step())  # 5. step: SGD does w -= lr * w.grad
@@ -147,11 +147,11 @@ def train_one_epoch(
     return _epoch_stats(meter, epoch, optimizer, dist or DistContext.single(dev))
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
-    # One host read per step: the price of refusing a NaN update (on CPU it is free).
+def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
+    # One host read per batch: the price of refusing a NaN update (on CPU it is free).
     if not bool(torch.isfinite(loss)):
         msg = (
-            f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}: training diverged. "
+            f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {batch + 1}: training diverged. "
             "Lower the learning rate, set max_grad_norm, or check the data for NaN/inf. "
             "The weights were not updated with it."
         )
@@ -159,7 +159,7 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
 
 
 def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx: DistContext) -> EpochStats:
-    if meter.steps == 0:
+    if meter.batches == 0:
         msg = (
             f"training data yielded no batches in epoch {epoch + 1} (a one-shot iterator or "
             "generator is used up after one epoch: pass a list, a DataLoader or a TensorLoader)"

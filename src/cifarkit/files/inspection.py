@@ -145,7 +145,7 @@ def inspect(path: PathLike) -> FileInfo:
     class names that are not strings... are listed in ``problems``, never built or allocated.
 
     Raises:
-        CheckpointNotFoundError, NotACheckpointError: no such file, or not a checkpoint at all.
+        ModelFileNotFoundError, NotACheckpointError: no such file, or not a checkpoint at all.
         CorruptCheckpointError: the file is truncated or damaged beyond parsing.
 
     Example:

@@ -47,12 +47,12 @@ from typing import Any, Literal, cast
 import torch
 
 from cifarkit.errors import (
-    CheckpointIsDirectoryError,
-    CheckpointNotFoundError,
     CorruptCheckpointError,
     MissingExtraError,
     ModelClassNotFoundError,
+    ModelFileNotFoundError,
     NotACheckpointError,
+    PathIsDirectoryError,
     UnsafeLoadError,
 )
 from cifarkit.files.archives import Kind, check_zip, file_kind, references
@@ -123,10 +123,10 @@ def versions() -> dict[str, str]:
 def _regular_file(path: Path) -> None:
     if not path.exists():
         msg = f"no such file: {path}. Check the path (cwd is {Path.cwd()})"
-        raise CheckpointNotFoundError(msg)
+        raise ModelFileNotFoundError(msg)
     if path.is_dir():
         msg = f"{path} is a directory, not a model file; pass the file inside it"
-        raise CheckpointIsDirectoryError(msg)
+        raise PathIsDirectoryError(msg)
     if not path.is_file():  # a FIFO would block a read for ever
         msg = f"{path} is not a regular file (a FIFO, device or socket); pass a model file"
         raise NotACheckpointError(msg)
@@ -136,7 +136,7 @@ def sniff(path: Path) -> Kind:
     """Check that ``path`` exists and looks like a checkpoint; return which kind (reads 16 bytes).
 
     Raises:
-        CheckpointNotFoundError, CheckpointIsDirectoryError, CorruptCheckpointError (empty),
+        ModelFileNotFoundError, PathIsDirectoryError, CorruptCheckpointError (empty),
         NotACheckpointError (an image, JSON, text, a FIFO...).
     """
     _regular_file(path)

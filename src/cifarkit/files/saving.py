@@ -165,7 +165,7 @@ def save(
 
     Raises:
         NonFiniteWeightsError: a parameter holds NaN/inf (nothing is written).
-        CheckpointIsDirectoryError: ``path`` is a directory.
+        PathIsDirectoryError: ``path`` is a directory.
         WriteError: a FIFO, device or socket at ``path``, the disk full, a failed ``fsync``: the
             previous file is intact and no temporary is left (see :mod:`cifarkit.files.writing`).
 
@@ -258,7 +258,7 @@ def load(
         The model (in training mode, like any new ``nn.Module``; call ``.eval()`` to predict).
 
     Raises:
-        CheckpointNotFoundError, CheckpointIsDirectoryError: bad path.
+        ModelFileNotFoundError, PathIsDirectoryError: bad path.
         CorruptCheckpointError: empty, truncated, damaged or checksum-failing file (or one
             whose zip would inflate past its size).
         ModelRecordError: the build record, preprocessing record, class names or versions are

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from cifarkit.errors import CheckpointIsDirectoryError, CifarkitError, WriteError
+from cifarkit.errors import CifarkitError, PathIsDirectoryError, WriteError
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -64,7 +64,7 @@ def check_writable(path: PathLike) -> Path:
     regular file; a folder that exists but cannot be written.
 
     Raises:
-        CheckpointIsDirectoryError: the path is a directory.
+        PathIsDirectoryError: the path is a directory.
         WriteError: anything else above.
 
     Example:
@@ -75,7 +75,7 @@ def check_writable(path: PathLike) -> Path:
         >>> check_writable(folder)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        cifarkit.errors.CheckpointIsDirectoryError: cannot write to ...: it is a directory; ...
+        cifarkit.errors.PathIsDirectoryError: cannot write to ...: it is a directory; ...
     """
     given = Path(path)
     target = Path(os.path.realpath(given)) if given.is_symlink() else given
@@ -88,7 +88,7 @@ def check_writable(path: PathLike) -> Path:
         raise WriteError(msg) from exc
     if info is not None and stat.S_ISDIR(info.st_mode):
         msg = f"cannot write to {given}: it is a directory; pass a file path such as {given}/model.pt"
-        raise CheckpointIsDirectoryError(msg)
+        raise PathIsDirectoryError(msg)
     if info is not None and not stat.S_ISREG(info.st_mode):
         msg = f"refusing to write to {given}: it is {_kind(info.st_mode)}, not a file; choose another path"
         raise WriteError(msg)
@@ -222,7 +222,7 @@ def atomic_write(
         The file written (a symlink's target when ``path`` is a symlink).
 
     Raises:
-        CheckpointIsDirectoryError: ``path`` is a directory.
+        PathIsDirectoryError: ``path`` is a directory.
         WriteError: ``path`` is a FIFO/device/socket or under a file; the disk is full; ``fsync``
             failed; any other ``OSError`` while writing.
 
