@@ -13,7 +13,7 @@ import torch
 from cifarkit import build_cnn, inspect, save, save_checkpoint
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError
-from cifarkit.files.checksums import tensor_digest
+from cifarkit.files.checksums import payload_digest
 from cifarkit.files.inspection import metadata_problems
 from crafted import signed, write
 
@@ -67,11 +67,20 @@ def test_a_changed_byte_is_a_checksum_problem(tmp_path: Path, raw: dict[str, Any
     assert info.checksum == "absent" and "checksum is missing" in info.problems[0]
 
 
-def test_format_1_files_report_their_weaker_check(tmp_path: Path, raw: dict[str, Any]) -> None:
-    old = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": 1}
-    old["sha256"] = tensor_digest(old["state_dict"])
-    info = inspect(write(tmp_path / "old.pt", old))
-    assert info.ok and info.checksum == "tensors only"
+def crafted_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with a valid ``payload_sha256``: what is tested is the version, not the checksum."""
+    return payload | {"payload_sha256": payload_digest(payload)}
+
+
+def test_a_file_of_another_format_version_is_named_as_such(tmp_path: Path, raw: dict[str, Any]) -> None:
+    for version in (1, 3):  # a development state before the first release, and a newer one
+        old = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": version}
+        info = inspect(write(tmp_path / f"v{version}.pt", crafted_digest(old)))
+        assert (
+            not info.ok
+            and f"format version {version}; this cifarkit reads model files of version 2" in info.problems[0]
+        )
+        assert "Re-save the model" in info.problems[0]
 
 
 def test_a_deep_or_shared_record_is_a_problem_with_a_short_message(tmp_path: Path, raw: dict[str, Any]) -> None:
@@ -96,7 +105,7 @@ def test_a_checkpoint_with_an_odd_epoch_is_a_problem(tmp_path: Path) -> None:
     info = inspect(_crafted(tmp_path, raw | {"epoch": "three"}))
     assert not info.ok and "epoch" in info.problems[0] and info.epoch is None
     info = inspect(_crafted(tmp_path, raw | {"format_version": 99}, "v99.pt"))
-    assert not info.ok and "checkpoint format 99 is not the one this cifarkit resumes (4)" in info.problems
+    assert not info.ok and "format version 99; this cifarkit resumes checkpoints of version 4 only" in info.problems[0]
 
 
 def test_a_pickled_module_is_sound_and_says_it_needs_trust(tmp_path: Path) -> None:

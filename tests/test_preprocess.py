@@ -24,7 +24,7 @@ from cifarkit import (
 )
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError
-from cifarkit.files.checksums import tensor_digest
+from cifarkit.files.checksums import payload_digest
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, to_model_input, validate_record
 
 MEAN, STD = (0.13, 0.5, 0.87), (0.3, 0.25, 0.2)
@@ -104,9 +104,10 @@ def test_a_changed_record_fails_the_checksum_and_old_files_still_load(
     with pytest.raises(CorruptCheckpointError, match="fails its SHA-256 check"):
         load(tmp_path / "tampered.pt")
     old = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("preprocess", "payload_sha256")}
-    old |= {"format_version": 1, "sha256": tensor_digest(old["state_dict"])}
-    torch.save(old, tmp_path / "old.pt")  # as cifarkit 0.1 wrote it
-    assert preprocessing_of(load(tmp_path / "old.pt")) is None
+    old |= {"format_version": 1}
+    torch.save(old | {"payload_sha256": payload_digest(old)}, tmp_path / "old.pt")  # a file of format 1
+    with pytest.raises(CorruptCheckpointError, match="format version 1; this cifarkit reads model files of version 2"):
+        load(tmp_path / "old.pt")
 
 
 def test_bad_records_are_refused() -> None:

@@ -202,14 +202,13 @@ def test_stale_temporaries_are_judged_by_age_only(tmp_path: Path) -> None:
     old = time.time() - STALE_TEMPORARY_AGE_S - 60
     stale = tmp_path / f".m.pt.abcd1234{TEMP_SUFFIX}"
     fresh = tmp_path / f".m.pt.wxyz9876{TEMP_SUFFIX}"  # a live writer on another host: same pid space or not
-    legacy = tmp_path / ".m.pt.4242.k3j4h5g6.tmp"  # cifarkit 0.1's name, writer long gone
     mine_not = tmp_path / ".m.pt.notes.tmp"  # looks alike but is not ours
-    for file in (stale, fresh, legacy, mine_not):
+    for file in (stale, fresh, mine_not):
         file.write_bytes(b"partial")
-    for file in (stale, legacy, mine_not):
+    for file in (stale, mine_not):
         os.utime(file, (old, old))
     atomic_write(path, lambda f: f.write(b"x"))
-    assert not stale.exists() and not legacy.exists()
+    assert not stale.exists()
     assert fresh.exists() and mine_not.exists()
 
 

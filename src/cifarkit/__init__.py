@@ -13,9 +13,9 @@ layers are listed in the guide's "How cifarkit is built" page and kept by a test
 
 May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
-cifarkit.files.saving, cifarkit.folders, cifarkit.grads, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules,
-cifarkit.train (never cifarkit.cli).
+cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.grads,
+cifarkit.history, cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.preprocess,
+cifarkit.runtime, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from cifarkit.evaluation import EvalResult, Prediction, evaluate, predict
 from cifarkit.exporting import ExportReport, export
 from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.files.diagnosis import Diagnosis
-from cifarkit.files.saving import FileInfo, diagnose, inspect, load, save
+from cifarkit.files.inspection import FileInfo, inspect
+from cifarkit.files.saving import diagnose, load, save
 from cifarkit.folders import load_image_folder
 from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
 from cifarkit.history import EpochStats, History

@@ -10,9 +10,10 @@ The command owns its process, so unlike a library call it may change process-wid
 seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 
 May import: cifarkit.callbacks, cifarkit.data, cifarkit.device, cifarkit.doctor, cifarkit.errors,
-cifarkit.evaluation, cifarkit.exporting, cifarkit.files.reading, cifarkit.files.saving,
-cifarkit.files.writing, cifarkit.folders, cifarkit.history, cifarkit.loader, cifarkit.losses,
-cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules, cifarkit.train.
+cifarkit.evaluation, cifarkit.exporting, cifarkit.files.inspection, cifarkit.files.reading,
+cifarkit.files.saving, cifarkit.files.writing, cifarkit.folders, cifarkit.history, cifarkit.loader,
+cifarkit.losses, cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules,
+cifarkit.train.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from cifarkit.doctor import doctor
 from cifarkit.errors import CifarkitError, cut
 from cifarkit.evaluation import evaluate, predict
 from cifarkit.exporting import export
+from cifarkit.files.inspection import inspect
 from cifarkit.files.reading import versions
-from cifarkit.files.saving import inspect, load, save
+from cifarkit.files.saving import load, save
 from cifarkit.files.writing import check_writable
 from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History

@@ -40,12 +40,11 @@ from cifarkit.files.reading import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     DIGEST_KEY,
-    atomic_write,
     read_payload,
     weights_and_record,
 )
 from cifarkit.files.saving import check_finite_weights, state_payload
-from cifarkit.files.writing import PathLike, check_writable
+from cifarkit.files.writing import PathLike, atomic_write, check_writable
 from cifarkit.history import History
 
 __all__ = [
@@ -265,13 +264,6 @@ def load_checkpoint(
             "write one with save_checkpoint, or load a model file with cifarkit.load"
         )
         raise NotACheckpointError(msg)
-    version = obj.get("format_version")
-    if version != CHECKPOINT_VERSION:
-        msg = (
-            f"{path} is a checkpoint of format version {excerpt(version, 40)}; this cifarkit resumes version "
-            f"{CHECKPOINT_VERSION} only. Start the run again with this cifarkit, or use the cifarkit that wrote it"
-        )
-        raise CorruptCheckpointError(msg)
     state_dict, _ = weights_and_record(obj.get("model"), path)
     problems = metadata_problems(obj)
     epoch = obj.get("epoch")
@@ -313,5 +305,5 @@ def load_checkpoint(
         extra=obj.get("extra"),
         callbacks=obj.get("callbacks"),
         loader=obj.get("loader"),
-        format_version=version,
+        format_version=CHECKPOINT_VERSION,  # read_payload refused any other version
     )

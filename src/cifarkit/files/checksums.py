@@ -6,9 +6,6 @@ and, in a checkpoint, every field (optimizer, history, random states...). :func:
 computes it the same way for a torch file and for the JSON-in-metadata of a safetensors file
 (lists and tuples hash alike, so a JSON round trip does not change the digest).
 
-Files of format 1 carry :func:`tensor_digest` (``sha256``) and, from cifarkit 0.2,
-:func:`meta_digest` (``meta_sha256``): they are still verified, with that weaker coverage.
-
 Before anything walks, hashes, prints or builds from an untrusted structure,
 :func:`check_limits` bounds its nesting depth and its number of entries (shared references
 counted each time they appear), so no file can make a walk recurse or grow without end.
@@ -19,7 +16,6 @@ May import: cifarkit.errors.
 from __future__ import annotations
 
 import hashlib
-import json
 import reprlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -33,9 +29,7 @@ __all__ = [
     "MAX_ENTRIES",
     "check_limits",
     "excerpt",
-    "meta_digest",
     "payload_digest",
-    "tensor_digest",
 ]
 
 #: Deepest nesting of dicts and lists a file may hold (a checkpoint needs 6).
@@ -106,37 +100,6 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
         raise CorruptCheckpointError(msg)
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy().data) if flat.numel() else memoryview(b"")
-
-
-def tensor_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes of every tensor, in sorted key order.
-
-    The checksum of format-1 files (``sha256``).
-
-    Example:
-        >>> tensor_digest({"w": torch.zeros(2)}) == tensor_digest({"w": torch.zeros(2)})
-        True
-        >>> tensor_digest({"w": torch.zeros(2)}) == tensor_digest({"w": torch.ones(2)})
-        False
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name]
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
-
-
-def meta_digest(payload: Mapping[str, Any]) -> str:
-    """SHA-256 of a format-1 payload's build record, class names and preprocessing record (``meta_sha256``).
-
-    Example:
-        >>> meta_digest({"build": None, "classes": ["a"]}) == meta_digest({"classes": ["a"], "build": None})
-        True
-    """
-    fields = {key: payload.get(key) for key in ("build", "classes", "preprocess")}
-    check_limits(fields, "the file's metadata")
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _key_order(key: object) -> tuple[str, str]:

@@ -22,7 +22,6 @@ from cifarkit.errors import CorruptCheckpointError, ModelRecordError, NotACheckp
 from cifarkit.files.checksums import excerpt
 from cifarkit.files.reading import (
     CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     FORMAT,
     Checksum,
     PathLike,
@@ -31,6 +30,7 @@ from cifarkit.files.reading import (
     read_bytes,
     read_safetensors,
     torch_load,
+    version_problem,
     weights_and_record,
 )
 from cifarkit.files.records import BuildRecord, validate_build_record
@@ -84,8 +84,7 @@ def file_preprocess(obj: Any) -> Preprocess | None:
 class FileInfo:
     """What a model file holds (``cifarkit inspect``), problems included.
 
-    ``checksum``: ``"ok"`` (everything in the file verified), ``"tensors only"`` (a format-1
-    file: its tensors and records verified, not its versions), ``"absent"`` (a plain
+    ``checksum``: ``"ok"`` (everything in the file verified), ``"absent"`` (a plain
     ``state_dict`` or a pickled module: nothing to verify), ``"mismatch"`` (changed after it was
     saved). ``problems`` lists what makes the file unfit to load; empty for a sound file.
     """
@@ -176,11 +175,9 @@ def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileI
     inner, epoch, problems = obj, None, []
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         method, inner, epoch = "checkpoint", obj.get("model"), obj.get("epoch")
-        version = obj.get("format_version")
-        if version != CHECKPOINT_VERSION:
-            problems.append(
-                f"checkpoint format {excerpt(version, 40)} is not the one this cifarkit resumes ({CHECKPOINT_VERSION})"
-            )
+        problem = version_problem(obj)
+        if problem is not None:
+            problems.append(f"a checkpoint of {problem}")
         if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
             problems.append(f"epoch {excerpt(epoch, 60)} is not a whole number")
             epoch = None

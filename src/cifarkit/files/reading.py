@@ -18,8 +18,8 @@ File layout of a cifarkit model file (``save(model, path)``), readable with plai
         "payload_sha256": str,             # of everything above (cifarkit.files.checksums.payload_digest)
     }
 
-Format 1 files (cifarkit 0.1 and 0.2) carry ``sha256`` over the tensors and, from 0.2,
-``meta_sha256`` over build, classes and preprocessing: they load, with that weaker check.
+One format version is read: a cifarkit file of another version (those of development states
+before the first release among them) is refused with its number and the fix, re-saving it.
 
 A file is read once, into memory, and everything is parsed from those bytes: the zip's
 directory (an entry that inflates to more than the file's size is refused before anything is
@@ -56,9 +56,8 @@ from cifarkit.errors import (
     UnsafeLoadError,
 )
 from cifarkit.files.archives import Kind, check_zip, file_kind, references
-from cifarkit.files.checksums import check_limits, excerpt, meta_digest, payload_digest, tensor_digest
+from cifarkit.files.checksums import check_limits, excerpt, payload_digest
 from cifarkit.files.writing import PathLike
-from cifarkit.files.writing import atomic_write as atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -68,19 +67,17 @@ __all__ = [
     "FORMAT_VERSION",
     "Checksum",
     "PathLike",
-    "atomic_write",
     "checksum_status",
     "digest_stripped",
-    "meta_digest",
     "read_bytes",
     "read_payload",
     "read_safetensors",
     "read_state_dict",
     "sniff",
-    "tensor_digest",
     "torch_load",
     "unsafe_globals",
     "verify_checksum",
+    "version_problem",
     "versions",
     "weights_and_record",
 ]
@@ -96,9 +93,9 @@ DIGEST_KEY = "payload_sha256"
 MAX_JSON_BYTES = 1 << 20
 #: A build record as read from a file (checked by ``cifarkit.files.records.validate_build_record``).
 RawRecord = dict[str, Any]
-#: ``ok``: the whole payload verified; ``tensors only``: a format-1 file, verified with its weaker
-#: digests; ``absent``: nothing to verify; ``mismatch``: the file changed after it was saved.
-Checksum = Literal["ok", "tensors only", "absent", "mismatch"]
+#: ``ok``: the whole payload verified; ``absent``: nothing to verify (a plain ``state_dict``, or a
+#: cifarkit file whose digest was removed); ``mismatch``: the file changed after it was saved.
+Checksum = Literal["ok", "absent", "mismatch"]
 
 
 def versions() -> dict[str, str]:
@@ -251,7 +248,7 @@ def read_safetensors(path: Path, data: bytes | None = None) -> dict[str, Any]:
         meta = header.get("__metadata__") or {}
         state_dict = st_load(data)
         fields = {key: _json_field(meta, key) for key in ("build", "classes", "preprocess", "versions")}
-        format_version = int(meta.get("format_version", "1"))
+        format_version = int(meta.get("format_version", "0"))
     except Exception as exc:
         msg = f"{path} is a damaged safetensors file ({type(exc).__name__}: {excerpt(str(exc))})"
         raise CorruptCheckpointError(msg) from exc
@@ -259,8 +256,8 @@ def read_safetensors(path: Path, data: bytes | None = None) -> dict[str, Any]:
         return dict(state_dict)
     payload = {"format": FORMAT, "format_version": format_version, "state_dict": state_dict, **fields}
     payload["versions"] = payload["versions"] or {}
-    digests = {"sha256": meta.get("sha256"), "meta_sha256": meta.get("meta_sha256"), DIGEST_KEY: meta.get(DIGEST_KEY)}
-    payload.update({key: value for key, value in digests.items() if value is not None})
+    if meta.get(DIGEST_KEY) is not None:
+        payload[DIGEST_KEY] = meta[DIGEST_KEY]
     return payload
 
 
@@ -288,40 +285,53 @@ def _dense(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> dict[str, 
 def checksum_status(obj: object) -> tuple[Checksum, str | None]:
     """What a payload's checksum says: its :data:`Checksum` and, on a mismatch, what changed.
 
-    A checkpoint of version 3 carries one digest over everything; older checkpoints and format-1
-    model files are checked with their tensor (and metadata) digests.
+    Every cifarkit model file and checkpoint carries one digest over everything else in it.
     """
     if not isinstance(obj, Mapping) or obj.get("format") not in (FORMAT, CHECKPOINT_FORMAT):
         return "absent", None
     check_limits(obj)
-    if obj.get(DIGEST_KEY) is not None:
-        same = payload_digest(obj, exclude=DIGEST_KEY) == obj[DIGEST_KEY]
-        return ("ok", None) if same else ("mismatch", "its content changed after it was saved")
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        return checksum_status(obj.get("model"))
-    if _is_tensor_dict(obj.get("state_dict")) and obj.get("sha256") is not None:
-        if obj.get("meta_sha256") is not None and meta_digest(obj) != obj["meta_sha256"]:
-            return "mismatch", "its build record, class names or preprocessing record changed"
-        if tensor_digest(obj["state_dict"]) != obj["sha256"]:
-            return "mismatch", "the tensor data changed"
-        return "tensors only", None
-    return "absent", None
+    if obj.get(DIGEST_KEY) is None:
+        return "absent", None
+    same = payload_digest(obj, exclude=DIGEST_KEY) == obj[DIGEST_KEY]
+    return ("ok", None) if same else ("mismatch", "its content changed after it was saved")
 
 
 def digest_stripped(obj: object) -> bool:
-    """A model file of format 2 or a checkpoint of version 3 without its ``payload_sha256``: it was removed."""
-    if not isinstance(obj, Mapping) or obj.get(DIGEST_KEY) is not None:
-        return False
-    number = obj.get("format_version", 1)
-    newer = {FORMAT: 2, CHECKPOINT_FORMAT: 3}.get(str(obj.get("format")))
-    return newer is not None and (not isinstance(number, int) or number >= newer)
+    """A cifarkit model file or checkpoint without its ``payload_sha256``: it was removed."""
+    return isinstance(obj, Mapping) and obj.get("format") in (FORMAT, CHECKPOINT_FORMAT) and obj.get(DIGEST_KEY) is None
+
+
+def version_problem(obj: object) -> str | None:
+    """What is wrong with a cifarkit payload's format version (``None``: it is the one this reads).
+
+    Example:
+        >>> version_problem({"format": FORMAT, "format_version": 1})  # doctest: +ELLIPSIS
+        'format version 1; this cifarkit reads model files of version 2 only. Re-save the model...'
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    kind = obj.get("format")
+    wanted = {FORMAT: (FORMAT_VERSION, "reads model files"), CHECKPOINT_FORMAT: (CHECKPOINT_VERSION, "resumes checkpoints")}
+    if kind not in wanted or obj.get("format_version") == wanted[kind][0]:
+        return None
+    number, verb = wanted[kind]
+    fix = "Re-save the model" if kind == FORMAT else "Start the run again with this cifarkit, or resume it"
+    return (
+        f"format version {excerpt(obj.get('format_version'), 40)}; this cifarkit {verb} of version {number} only. "
+        f"{fix} with the cifarkit that wrote it"
+    )
 
 
 def verify_checksum(obj: object, path: PathLike) -> Checksum:
     """Raise :class:`~cifarkit.errors.CorruptCheckpointError` unless ``obj`` passes its checksum.
 
-    A format-2 model file (or version-3 checkpoint) without its digest fails too: it was stripped.
+    A file of another format version is refused first (naming the version); a cifarkit file
+    without its digest fails too: it was stripped.
     """
+    problem = version_problem(obj)
+    if problem is not None:
+        kind = "checkpoint" if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT else "cifarkit file"
+        raise CorruptCheckpointError(f"{path} is a {kind} of {problem}")
     status, what = checksum_status(obj)
     if status == "mismatch" or digest_stripped(obj):
         msg = (
@@ -361,13 +371,9 @@ def weights_and_record(obj: Any, path: PathLike) -> tuple[dict[str, torch.Tensor
         if not _is_tensor_dict(state_dict):
             msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
             raise CorruptCheckpointError(msg)
-        number = obj.get("format_version", 1)
-        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= FORMAT_VERSION:
-            msg = (
-                f"{path} is a cifarkit file of format version {excerpt(number, 40)}; this cifarkit reads versions "
-                f"1 to {FORMAT_VERSION}. Upgrade cifarkit (pip install -U cifarkit) to load it"
-            )
-            raise CorruptCheckpointError(msg)
+        problem = version_problem(obj)
+        if problem is not None:
+            raise CorruptCheckpointError(f"{path} is a cifarkit file of {problem}")
         record = obj.get("build")
         weights = _dense(cast("dict[str, torch.Tensor]", state_dict), path)
         return weights, dict(record) if isinstance(record, Mapping) else record

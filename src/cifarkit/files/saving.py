@@ -35,35 +35,22 @@ from cifarkit.errors import (
     check_choice,
 )
 from cifarkit.files.checksums import payload_digest
-from cifarkit.files.diagnosis import Diagnosis, diagnose_state_dict
-from cifarkit.files.diagnosis import apply_state_dict as apply_state_dict
-from cifarkit.files.inspection import FileInfo as FileInfo
+from cifarkit.files.diagnosis import Diagnosis, apply_state_dict, diagnose_state_dict
 from cifarkit.files.inspection import file_preprocess, metadata_problems
-from cifarkit.files.inspection import inspect as inspect
 from cifarkit.files.reading import (
     DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
     read_payload,
+    read_state_dict,
     versions,
     weights_and_record,
 )
-from cifarkit.files.reading import atomic_write as atomic_write
-from cifarkit.files.reading import read_state_dict as read_state_dict
-from cifarkit.files.reading import tensor_digest as tensor_digest
-from cifarkit.files.writing import PathLike, check_writable
+from cifarkit.files.writing import PathLike, atomic_write, check_writable
 from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
 
-__all__ = [
-    "FileInfo",
-    "check_finite_weights",
-    "diagnose",
-    "inspect",
-    "load",
-    "save",
-    "state_payload",
-]
+__all__ = ["check_finite_weights", "diagnose", "load", "save", "state_payload"]
 
 Method = Literal["state_dict", "full", "safetensors"]
 

@@ -118,11 +118,8 @@ def _temp_prefix(target: Path) -> str:
 
 
 def _remove_stale_temporaries(target: Path, prefix: str) -> None:
-    """Remove cifarkit's own temporaries for ``target`` untouched for :data:`STALE_TEMPORARY_AGE_S`.
-
-    Besides today's names, those of cifarkit 0.1 (``.<name>.<pid>.<random>.tmp``) are recognised.
-    """
-    ours = re.compile(re.escape(prefix) + rf"(?:{_RANDOM}{re.escape(TEMP_SUFFIX)}|\d+\.{_RANDOM}\.tmp)$")
+    """Remove cifarkit's own temporaries for ``target`` untouched for :data:`STALE_TEMPORARY_AGE_S`."""
+    ours = re.compile(re.escape(prefix) + rf"{_RANDOM}{re.escape(TEMP_SUFFIX)}$")
     now = time.time()
     for candidate in target.parent.iterdir():
         if not ours.match(candidate.name):
