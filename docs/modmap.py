@@ -20,30 +20,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
 #: (layer name, modules), bottom to top.
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors, and the file formats' map", ["errors", "files"]),
+    ("leaf helpers", ["device", "display", "losses", "schedules", "files.checksums", "files.writing"]),
+    ("records and diagnoses", ["preprocess", "history", "grads", "files.archives", "files.diagnosis"]),
     (
-        "leaf helpers",
-        ["display", "device", "losses", "schedules", "files.checksums", "files.writing"],
+        "reading: files, batches, pictures, programs; the pre-flight doctor",
+        ["files.reading", "files.records", "loader", "images", "runtime", "doctor"],
     ),
-    (
-        "byte checks, diagnoses, gradients, the preprocessing record",
-        ["files.archives", "files.diagnosis", "grads", "preprocess"],
-    ),
-    ("build records and reading model files", ["files.records", "files.reading"]),
-    ("the loader contract", ["loader"]),
-    ("data", ["data", "images"]),
-    ("your own pictures", ["folders"]),
-    ("models and what a file holds", ["models", "files.inspection"]),
-    ("persistence", ["files.saving"]),
-    ("run records", ["history"]),
-    ("checkpoints and callbacks", ["files.checkpoints", "callbacks"]),
-    ("distributed glue", ["distributed"]),
-    ("training helpers", ["steps", "doctor"]),
-    ("evaluation and prediction", ["evaluation"]),
-    ("running exported programs", ["runtime"]),
-    ("leaving Python", ["exporting"]),
-    ("the training loop", ["train"]),
-    ("the command", ["cli"]),
-    ("the face", ["__init__", "__main__"]),
+    ("datasets, models, what a file holds, processes", ["data", "models", "files.inspection", "distributed"]),
+    ("saving models, your own pictures, the step's helpers", ["files.saving", "folders", "steps"]),
+    ("checkpoints, callbacks, evaluation", ["files.checkpoints", "callbacks", "evaluation"]),
+    ("training, and leaving Python", ["train", "exporting"]),
+    ("the command and the face", ["cli", "__init__"]),
+    ("python -m cifarkit", ["__main__"]),
 ]
 
 
