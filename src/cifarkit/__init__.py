@@ -15,7 +15,7 @@ May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
 cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.grads,
 cifarkit.history, cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.preprocess,
-cifarkit.runtime, cifarkit.schedules, cifarkit.train (never cifarkit.cli).
+cifarkit.runtime, cifarkit.schedules, cifarkit.train (never the command line).
 """
 
 from __future__ import annotations
