@@ -3,15 +3,17 @@
 A callback is any object with any of these hooks; one it does not define is skipped (as in
 Lightning Fabric), so a callback writes only what it needs:
 
-============================== =====================================================================
-``set_model(model)``            before training: the model being trained (wrappers removed), as
-                                Keras hands it over
-``on_train_start(history)``     before the first epoch (after a resume: with the resumed history);
-                                the place to refuse options that cannot be honoured
-``on_epoch_end(epoch, history)`` after each epoch, its evaluation included; returning ``True``
-                                stops training (set ``history.stop_reason`` to say why)
-``on_train_end(history)``       after the last epoch, also after an early stop
-============================== =====================================================================
+==================================== ============================================================
+``set_model(model)``                 before training: the model being trained (wrappers removed),
+                                     as Keras hands it over
+``on_train_start(history)``          before the first epoch (after a resume: with the resumed
+                                     history); the place to refuse options that cannot be
+                                     honoured
+``on_epoch_end(epoch, history)``     after each epoch, its evaluation included; returning
+                                     ``True`` stops training (set ``history.stop_reason`` to say
+                                     why)
+``on_train_end(history)``            after the last epoch, also after an early stop
+==================================== ============================================================
 
 A plain function ``f(epoch, history)`` is an epoch-end callback. A callback with
 ``state_dict()`` and ``load_state_dict(state)`` has its state saved in every checkpoint and
