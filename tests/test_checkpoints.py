@@ -144,7 +144,10 @@ def test_checkpoints_of_another_format_version_are_refused_with_their_number(tmp
         other = {k: v for k, v in raw.items() if k != "payload_sha256"} | {"format_version": version}
         other["payload_sha256"] = payload_digest(other)
         torch.save(other, tmp_path / f"v{version}.pt")
-        with pytest.raises(CorruptCheckpointError, match=f"format version {version}; this cifarkit resumes checkpoints of version 4 only"):
+        with pytest.raises(
+            CorruptCheckpointError,
+            match=f"format version {version}; this cifarkit resumes checkpoints of version 4 only",
+        ):
             load_checkpoint(tmp_path / f"v{version}.pt", model=build_cnn())
 
 

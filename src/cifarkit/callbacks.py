@@ -23,8 +23,8 @@ The built-in policies, one object each (as Keras's ``EarlyStopping``): :class:`E
 (best weights, with or without stopping) and :class:`TensorBoard` (the run's scalars, first
 batch, graph and ``history.json``).
 
-May import: cifarkit.errors, cifarkit.files.saving, cifarkit.files.writing, cifarkit.history,
-cifarkit.preprocess.
+May import: cifarkit.errors, cifarkit.files, cifarkit.files.saving, cifarkit.files.writing,
+cifarkit.history, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ import torch.distributed as dist
 from torch import nn
 
 from cifarkit.errors import InvalidOptionError, MissingExtraError, check_choice, check_positive_int
+from cifarkit.files import PathLike
 from cifarkit.files.saving import save
-from cifarkit.files.writing import PathLike, atomic_write
+from cifarkit.files.writing import atomic_write
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
 from cifarkit.preprocess import preprocessing_of
 

@@ -3,12 +3,11 @@
 Both come as :class:`ImageTensors` (uint8 images, int64 labels, class names), whose
 :meth:`~ImageTensors.loader` gives a :class:`~cifarkit.loader.TensorLoader`.
 
-May import: cifarkit.errors, cifarkit.loader.
+May import: cifarkit.errors, cifarkit.files, cifarkit.loader.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import urllib.error
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ShapeError, check_positive_int
+from cifarkit.files import PathLike
 from cifarkit.loader import TensorLoader
 
 __all__ = [
@@ -191,7 +191,7 @@ def _download(root: Path) -> None:
         raise DatasetNotFoundError(msg) from exc
 
 
-def load_cifar10(root: str | os.PathLike[str], *, train: bool = True, download: bool = False) -> ImageTensors:
+def load_cifar10(root: PathLike, *, train: bool = True, download: bool = False) -> ImageTensors:
     """Read the standard ``cifar-10-batches-py`` folder into memory.
 
     Args:

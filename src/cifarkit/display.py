@@ -8,7 +8,7 @@ progress where the run is watched.
 - Progress: a live bar in a terminal, a widget in Jupyter, and one plain line per epoch that
   stays on screen (and is all a log file gets). tqdm is imported only when a bar is shown.
 
-May import: cifarkit.errors.
+May import: cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import html
 import importlib.util
 import io
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cifarkit.errors import InvalidOptionError, MissingExtraError
+from cifarkit.files import PathLike
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -144,7 +144,7 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def save_or_return(fig: Figure, path: str | os.PathLike[str] | None) -> Path | Figure:
+def save_or_return(fig: Figure, path: PathLike | None) -> Path | Figure:
     """Write ``fig`` as a PNG at ``path`` (parents created) and return the path; or, without a
     path, return the figure itself."""
     if path is None:

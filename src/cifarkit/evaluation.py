@@ -3,13 +3,13 @@ figures and the confusion matrix over held-out data (:func:`evaluate`), and the 
 pictures with their names and probabilities (:func:`predict`, :func:`class_probabilities`).
 
 May import: cifarkit.device, cifarkit.display, cifarkit.distributed, cifarkit.errors,
-cifarkit.images, cifarkit.loader, cifarkit.losses, cifarkit.preprocess, cifarkit.steps.
+cifarkit.files, cifarkit.images, cifarkit.loader, cifarkit.losses, cifarkit.preprocess,
+cifarkit.steps.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, r
 from cifarkit.display import format_table, html_table, new_figure, save_or_return
 from cifarkit.distributed import context, shard_data
 from cifarkit.errors import EmptyDataError, InvalidOptionError
+from cifarkit.files import PathLike
 from cifarkit.images import image_batch
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss, LossFn
@@ -97,9 +98,7 @@ class EvalResult:
         ]
         return format_table(rows, headers=("class", "accuracy", "images"), right=(1, 2))
 
-    def plot_confusion(
-        self, path: str | os.PathLike[str] | None = None, *, classes: Sequence[str] | None = None
-    ) -> Path | Figure:
+    def plot_confusion(self, path: PathLike | None = None, *, classes: Sequence[str] | None = None) -> Path | Figure:
         """Draw the confusion matrix (rows: true class, columns: predicted; counts in the cells).
 
         With ``path``: writes a PNG and returns the path; without: returns the figure. Needs

@@ -19,7 +19,7 @@ moved into place. :func:`~cifarkit.runtime.load_exported` runs such a file as an
 onnx, onnxscript and onnxruntime come with ``pip install 'cifarkit[export]'`` and are imported
 only here, when used.
 
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation,
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation, cifarkit.files,
 cifarkit.files.reading, cifarkit.files.saving, cifarkit.files.writing, cifarkit.images,
 cifarkit.preprocess, cifarkit.runtime.
 """
@@ -45,9 +45,10 @@ from cifarkit.device import unwrap_model
 from cifarkit.display import format_table, html_table
 from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError
 from cifarkit.evaluation import class_probabilities
+from cifarkit.files import PathLike
 from cifarkit.files.reading import versions
 from cifarkit.files.saving import check_finite_weights
-from cifarkit.files.writing import PathLike, atomic_write, check_writable
+from cifarkit.files.writing import atomic_write, check_writable
 from cifarkit.images import to_size
 from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_preprocessing, validate_record
 from cifarkit.runtime import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error

@@ -5,7 +5,7 @@ Classes are discovered with torchvision's ``find_classes`` (sorted folder names,
 ``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
 The folder is only read, never written to.
 
-May import: cifarkit.data, cifarkit.display, cifarkit.errors, cifarkit.images.
+May import: cifarkit.data, cifarkit.display, cifarkit.errors, cifarkit.files, cifarkit.images.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from cifarkit.data import ImageTensors
 from cifarkit.display import progress_bar
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
+from cifarkit.files import PathLike
 from cifarkit.images import decode_file, resize_pixels, to_size
 
 __all__ = ["is_image_folder", "load_image_folder"]
@@ -37,7 +38,7 @@ def _extensions() -> tuple[str, ...]:
     return (*IMG_EXTENSIONS, ".gif")
 
 
-def is_image_folder(root: str | os.PathLike[str]) -> bool:
+def is_image_folder(root: PathLike) -> bool:
     """True when ``root`` has at least one sub-folder and is not a CIFAR-10 python folder.
 
     Example:
@@ -75,7 +76,7 @@ def _split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
 
 @overload
 def load_image_folder(
-    root: str | os.PathLike[str],
+    root: PathLike,
     *,
     size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,
@@ -89,7 +90,7 @@ def load_image_folder(
 
 @overload
 def load_image_folder(
-    root: str | os.PathLike[str],
+    root: PathLike,
     *,
     size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,
@@ -102,7 +103,7 @@ def load_image_folder(
 
 
 def load_image_folder(
-    root: str | os.PathLike[str],
+    root: PathLike,
     *,
     size: int | tuple[int, int] = 32,
     classes: Sequence[str] | None = None,

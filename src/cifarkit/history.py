@@ -3,19 +3,19 @@
 Plain dataclasses that round-trip through JSON (``history.json``) and through
 ``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
 
-May import: cifarkit.display, cifarkit.errors.
+May import: cifarkit.display, cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from cifarkit.display import format_table, html_table, new_figure, save_or_return
 from cifarkit.errors import HistoryFormatError, HistoryNotFoundError, check_choice
+from cifarkit.files import PathLike
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -211,7 +211,7 @@ class History:
         return cls(epochs=epochs, compile_seconds=seconds, best_epoch=best, stop_reason=reason)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> History:
+    def from_json(cls, path: PathLike) -> History:
         """Read a ``history.json`` written by ``train_loop(..., log_dir=...)``, or the run folder holding it.
 
         Raises:
@@ -235,9 +235,9 @@ class History:
     def plot(self, path: None = None) -> Figure: ...
 
     @overload
-    def plot(self, path: str | os.PathLike[str]) -> Path: ...
+    def plot(self, path: PathLike) -> Path: ...
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Path | Figure:
+    def plot(self, path: PathLike | None = None) -> Path | Figure:
         """Loss and accuracy curves, train and eval on the same axes, whole-number epoch ticks.
 
         With ``path``: writes a 1000x400 PNG there and returns the path. Without: returns the

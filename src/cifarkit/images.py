@@ -14,7 +14,7 @@ file gives the *same uint8 tensor* in training and in prediction. The steps:
 
 Pillow is imported only when a picture (not a tensor) is read, so ``import cifarkit`` stays fast.
 
-May import: cifarkit.errors, cifarkit.preprocess.
+May import: cifarkit.errors, cifarkit.files, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from cifarkit.errors import ImageReadError, InvalidOptionError, ShapeError
+from cifarkit.files import PathLike
 from cifarkit.preprocess import RESIZE_METHOD
 
 __all__ = ["RESIZE_METHOD", "decode_file", "image_batch", "image_tensor", "read_pixels", "resize_pixels", "to_size"]
@@ -110,7 +111,7 @@ def _rgb_pixels(image: object) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def decode_file(path: str | os.PathLike[str]) -> torch.Tensor:
+def decode_file(path: PathLike) -> torch.Tensor:
     """Decode a picture file into uint8 RGB pixels ``(3, H, W)`` at its own size.
 
     Raises:

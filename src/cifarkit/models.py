@@ -4,8 +4,8 @@ Every model built here remembers how it was built (a small JSON-serialisable
 :class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.files.diagnosis,
-cifarkit.files.reading, cifarkit.files.records, cifarkit.preprocess.
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.files,
+cifarkit.files.diagnosis, cifarkit.files.reading, cifarkit.files.records, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from cifarkit.errors import (
     check_choice,
     check_positive_int,
 )
+from cifarkit.files import PathLike
 from cifarkit.files.diagnosis import apply_state_dict
 from cifarkit.files.reading import read_state_dict
 from cifarkit.files.records import BuildRecord, validate_build_record
@@ -193,7 +194,7 @@ def adapt_vgg16(
     *,
     strategy: Strategy = "replace",
     num_classes: int = 10,
-    weights: Literal["imagenet"] | str | os.PathLike[str] | None = None,
+    weights: Literal["imagenet"] | PathLike | None = None,
     freeze_features: bool = False,
     progress: bool = True,
 ) -> VGG:

@@ -5,7 +5,7 @@
 before they count; :func:`load_exported` opens one by its name. onnxruntime comes with
 ``pip install 'cifarkit[export]'`` and is imported only here, when an ``.onnx`` file is run.
 
-May import: cifarkit.errors, cifarkit.files.writing, cifarkit.preprocess.
+May import: cifarkit.errors, cifarkit.files, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cifarkit.errors import (
     check_choice,
     cut,
 )
-from cifarkit.files.writing import PathLike
+from cifarkit.files import PathLike
 from cifarkit.preprocess import Preprocess, make_record, set_preprocessing, validate_record
 
 __all__ = [

@@ -7,14 +7,13 @@ Read :func:`train_one_epoch` first: it is the lesson, ``zero_grad -> forward -> 
 collaborators it hands over (a :class:`~cifarkit.distributed.DistContext`).
 
 May import: cifarkit.callbacks, cifarkit.device, cifarkit.display, cifarkit.distributed,
-cifarkit.errors, cifarkit.evaluation, cifarkit.files.checkpoints, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.preprocess, cifarkit.schedules, cifarkit.steps.
+cifarkit.errors, cifarkit.evaluation, cifarkit.files, cifarkit.files.checkpoints, cifarkit.history,
+cifarkit.loader, cifarkit.losses, cifarkit.preprocess, cifarkit.schedules, cifarkit.steps.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from cifarkit.display import Progress, ProgressReport
 from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
 from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation import evaluate
+from cifarkit.files import PathLike
 from cifarkit.files.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
 from cifarkit.loader import Batch, check_not_empty, match_memory_format, set_epoch
@@ -194,7 +194,7 @@ def train_loop(
     accumulate: int = 1,
     max_grad_norm: float | None = None,
     scheduler: Scheduler | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: PathLike | None = None,
     progress: Progress = True,
     callbacks: Sequence[object] = (),
     compile: bool = False,
@@ -366,7 +366,7 @@ def _loader_state(data: Iterable[Batch]) -> dict[str, Any] | None:
 
 
 def _resume(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Scheduler | None,

@@ -19,5 +19,16 @@ The names most people need are importable from ``cifarkit`` itself (``cifarkit.s
 ``cifarkit.load``, ``cifarkit.inspect``, ``cifarkit.save_checkpoint``...). This package imports
 none of its modules, so importing one of them (say, the atomic writer) loads nothing else.
 
+It also holds :data:`PathLike`, what every cifarkit function takes as a file path.
+
 May import: nothing from cifarkit.
 """
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["PathLike"]
+
+#: What every cifarkit function takes as a file path (the one alias).
+PathLike = str | os.PathLike[str]

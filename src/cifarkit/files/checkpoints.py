@@ -10,9 +10,9 @@ One format version, :data:`~cifarkit.files.CHECKPOINT_VERSION` (4: every field a
 callbacks' states included, under one SHA-256, ``payload_sha256``); a checkpoint of another
 version is refused with its number (the run is started again; nothing was released before it).
 
-May import: cifarkit.device, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.diagnosis,
-cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.saving, cifarkit.files.writing,
-cifarkit.history.
+May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.checksums,
+cifarkit.files.diagnosis, cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.saving,
+cifarkit.files.writing, cifarkit.history.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch import nn
 
 from cifarkit.device import unwrap_model
 from cifarkit.errors import CorruptCheckpointError, HistoryFormatError, NotACheckpointError, StateDictMismatchError
+from cifarkit.files import PathLike
 from cifarkit.files.checksums import excerpt, payload_digest
 from cifarkit.files.diagnosis import diagnose_state_dict
 from cifarkit.files.inspection import metadata_problems
@@ -44,7 +45,7 @@ from cifarkit.files.reading import (
     weights_and_record,
 )
 from cifarkit.files.saving import check_finite_weights, state_payload
-from cifarkit.files.writing import PathLike, atomic_write, check_writable
+from cifarkit.files.writing import atomic_write, check_writable
 from cifarkit.history import History
 
 __all__ = [

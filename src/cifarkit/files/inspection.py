@@ -5,8 +5,8 @@ raises on a file it can parse: a failed checksum, a malformed or out-of-bounds r
 names that are not strings... come back as :attr:`FileInfo.problems`. :func:`metadata_problems`
 is the same check :func:`cifarkit.load` runs before it builds anything.
 
-May import: cifarkit.display, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.reading,
-cifarkit.files.records, cifarkit.preprocess.
+May import: cifarkit.display, cifarkit.errors, cifarkit.files, cifarkit.files.checksums,
+cifarkit.files.reading, cifarkit.files.records, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 from cifarkit.display import format_table
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError, NotACheckpointError, UnsafeLoadError
+from cifarkit.files import PathLike
 from cifarkit.files.checksums import excerpt
 from cifarkit.files.reading import (
     CHECKPOINT_FORMAT,
     FORMAT,
     Checksum,
-    PathLike,
     checksum_status,
     digest_stripped,
     read_bytes,

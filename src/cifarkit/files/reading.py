@@ -28,8 +28,7 @@ module references (listed, never imported). A file that cannot be parsed is
 :class:`~cifarkit.errors.CorruptCheckpointError`; only a well-formed pickle that references
 globals outside torch's allowlist is :class:`~cifarkit.errors.UnsafeLoadError`.
 
-May import: cifarkit.errors, cifarkit.files.archives, cifarkit.files.checksums,
-cifarkit.files.writing.
+May import: cifarkit.errors, cifarkit.files, cifarkit.files.archives, cifarkit.files.checksums.
 """
 
 from __future__ import annotations
@@ -55,9 +54,9 @@ from cifarkit.errors import (
     PathIsDirectoryError,
     UnsafeLoadError,
 )
+from cifarkit.files import PathLike
 from cifarkit.files.archives import Kind, check_zip, file_kind, references
 from cifarkit.files.checksums import check_limits, excerpt, payload_digest
-from cifarkit.files.writing import PathLike
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -66,7 +65,6 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Checksum",
-    "PathLike",
     "checksum_status",
     "digest_stripped",
     "read_bytes",
@@ -311,7 +309,10 @@ def version_problem(obj: object) -> str | None:
     if not isinstance(obj, Mapping):
         return None
     kind = obj.get("format")
-    wanted = {FORMAT: (FORMAT_VERSION, "reads model files"), CHECKPOINT_FORMAT: (CHECKPOINT_VERSION, "resumes checkpoints")}
+    wanted = {
+        FORMAT: (FORMAT_VERSION, "reads model files"),
+        CHECKPOINT_FORMAT: (CHECKPOINT_VERSION, "resumes checkpoints"),
+    }
     if kind not in wanted or obj.get("format_version") == wanted[kind][0]:
         return None
     number, verb = wanted[kind]

@@ -8,9 +8,9 @@ strings in the safetensors metadata. Every write is atomic: the previous file st
 the new one is complete on disk. ``load`` rebuilds the model from its record with no pickle;
 ``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
 
-May import: cifarkit.device, cifarkit.errors, cifarkit.files.checksums, cifarkit.files.diagnosis,
-cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.writing, cifarkit.models,
-cifarkit.preprocess.
+May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.checksums,
+cifarkit.files.diagnosis, cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.writing,
+cifarkit.models, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cifarkit.errors import (
     WeightsOnlyFileError,
     check_choice,
 )
+from cifarkit.files import PathLike
 from cifarkit.files.checksums import payload_digest
 from cifarkit.files.diagnosis import Diagnosis, apply_state_dict, diagnose_state_dict
 from cifarkit.files.inspection import file_preprocess, metadata_problems
@@ -46,7 +47,7 @@ from cifarkit.files.reading import (
     versions,
     weights_and_record,
 )
-from cifarkit.files.writing import PathLike, atomic_write, check_writable
+from cifarkit.files.writing import atomic_write, check_writable
 from cifarkit.models import get_build_record, rebuild
 from cifarkit.preprocess import preprocessing_of, set_preprocessing
 

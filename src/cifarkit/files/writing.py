@@ -17,7 +17,7 @@ logs). It behaves like a careful ``torch.save``:
   older than :data:`STALE_TEMPORARY_AGE_S` (one hour). Age, not a process id, decides: a writer on
   another host or in another container sharing the volume keeps its fresh temporary.
 
-May import: cifarkit.errors.
+May import: cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from cifarkit.errors import CifarkitError, PathIsDirectoryError, WriteError
+from cifarkit.files import PathLike
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "PathLike", "atomic_write", "check_writable"]
+__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "atomic_write", "check_writable"]
 
-#: What every cifarkit function takes as a file path (the one alias).
-PathLike = str | os.PathLike[str]
 #: A cifarkit temporary untouched for this many seconds belongs to a writer that died.
 STALE_TEMPORARY_AGE_S = 3600.0
 #: Temporaries are named ``.<target name>.<8 random characters>.cifarkit.tmp``.
