@@ -56,8 +56,11 @@ __all__ = ["check_finite_weights", "diagnose", "load", "save", "state_payload"]
 Method = Literal["state_dict", "full", "safetensors"]
 
 
-def check_finite_weights(model: nn.Module, path: PathLike) -> None:
+def check_finite_weights(model: nn.Module, path: PathLike, *, override: str | None = None) -> None:
     """Raise :class:`~cifarkit.errors.NonFiniteWeightsError` when a parameter holds NaN or inf.
+
+    ``override`` names the caller's option that writes the file anyway (``save`` has
+    ``allow_nonfinite=True``); the message offers it only when there is one.
 
     Example:
         >>> model = nn.Linear(2, 2)
@@ -73,8 +76,8 @@ def check_finite_weights(model: nn.Module, path: PathLike) -> None:
     if bad:
         msg = (
             f"refusing to write {os.fspath(path)}: parameters {', '.join(bad[:3])} hold NaN/inf "
-            "(training diverged; lower the learning rate or set max_grad_norm). Any previous file "
-            "is kept; pass allow_nonfinite=True to write it anyway."
+            "(training diverged; lower the learning rate or set max_grad_norm). Any previous file is kept"
+            + (f"; pass {override} to write it anyway." if override else ".")
         )
         raise NonFiniteWeightsError(msg)
 
@@ -167,7 +170,7 @@ def save(
     check_choice("method", method, get_args(Method))
     check_writable(path)  # a directory, FIFO or device at the path: refused before any work
     if not allow_nonfinite:
-        check_finite_weights(model, path)
+        check_finite_weights(model, path, override="allow_nonfinite=True")
     if method == "safetensors":
         data = _safetensors_bytes(model, classes)
         return atomic_write(path, lambda f: f.write(data))
