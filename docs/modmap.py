@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("records and diagnoses", ["preprocess", "history", "grads", "files.archives", "files.diagnosis"]),
     (
         "reading: files, batches, pictures, programs; the pre-flight doctor",
-        ["files.reading", "files.records", "loader", "images", "runtime", "doctor"],
+        ["files.reading", "files.records", "loader", "images", "runtime", "doctor"]
+        + ["models.backbones", "models.summary"],
     ),
     ("datasets, models, what a file holds, processes", ["data", "models", "files.inspection", "distributed"]),
     ("saving models, your own pictures, the step's helpers", ["files.saving", "folders", "steps"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import VGG16_Weights
 
+import cifarkit
 from cifarkit import adapt_vgg16, build_cnn, summary
 from cifarkit.errors import (
     AlreadyAdaptedError,
@@ -22,7 +23,9 @@ from cifarkit.errors import (
     StateDictMismatchError,
     WeightsUnavailableError,
 )
-from cifarkit.models import _IMAGENET_URL, CifarCNN, get_build_record, imagenet_cache_path, rebuild
+from cifarkit.models import CifarCNN, get_build_record, imagenet_cache_path, rebuild
+from cifarkit.models.backbones import BACKBONES
+from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 VGG16_PARAMS = 138_357_544  # torchvision's documented count for vgg16
 
@@ -208,7 +211,7 @@ def test_wrong_or_corrupt_weights_files(tmp_path: Path) -> None:
         adapt_vgg16(weights=tmp_path / "missing.pth")
 
 
-# --------------------------------------------------------------------------- records & summary
+# --------------------------------------------------------------------------- records
 
 
 @pytest.mark.parametrize(
@@ -236,21 +239,110 @@ def test_build_record_of_foreign_models_and_bad_records() -> None:
         rebuild({"builder": "build_cnn", "kwargs": 3})
 
 
-def test_summary_counts_and_table() -> None:
-    s = summary(build_cnn())
-    assert (s.total, s.trainable, s.frozen) == (145_578, 145_578, 0)
-    assert s.size_mb == pytest.approx(145_578 * 4 / 1e6)
-    assert [r.params for r in s.rows if r.params] == [2432, 25632, 51264, 65600, 650]
-    text = str(s)
-    assert "sequential.0" in text and "Conv2d" in text and "2,432" in text and "145,578" in text
+# --------------------------------------------------------------------------- adapt(): every listed network
 
 
-def test_summary_shows_as_text_and_html() -> None:
-    s = summary(build_cnn())
-    assert repr(s) == str(s) and str(s).endswith("size (fp32): 0.58 MB")
-    html = s._repr_html_()
-    assert html.count("<tr>") == len(s.rows) + 1 and "total params: 145,578" in html
+@pytest.mark.parametrize("arch", list(BACKBONES))
+def test_each_network_adapts_trains_saves_reloads_without_pickle_and_exports(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = cifarkit.adapt(arch)
+    data = cifarkit.synthetic_cifar10(32, seed=0).loader(batch_size=16, seed=0)
+    before = copy.deepcopy(model.state_dict())
+    history = cifarkit.train_loop(model, data, epochs=1, lr=0.01, device="cpu", progress=False)
+    assert history.epochs[0].images == 32
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it learned
+    path = tmp_path / f"{arch}.safetensors"
+    cifarkit.save(model, path, method="safetensors")
+    info = cifarkit.inspect(path)
+    assert info.ok and info.build is not None and info.build["kwargs"]["arch"] == arch and info.references == []
+    again = cifarkit.load(path)  # no pickle anywhere: rebuilt from the build record
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(again.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    report = cifarkit.export(model, tmp_path / f"{arch}.pt2")
+    assert report.max_abs_diff < 1e-4 and report.classes is not None and len(report.classes) == 10
 
 
-def test_the_written_out_imagenet_url_is_torchvisions() -> None:
-    assert VGG16_Weights.IMAGENET1K_V1.url == _IMAGENET_URL
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_adapted_networks_export_to_onnx(arch: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = cifarkit.adapt(arch, num_classes=3, strategy="append")
+    report = cifarkit.export(model, tmp_path / f"{arch}.onnx", input_size=32)
+    assert report.max_abs_diff < 1e-4 and report.max_abs_diff_resized < 1e-4
+
+
+@pytest.mark.parametrize(("strategy", "freeze"), [("replace", False), ("append", True)])
+def test_adapt_record_rebuilds_strategy_and_freezing_through_a_state_dict_file(
+    strategy: str, freeze: bool, tmp_path: Path
+) -> None:
+    model = cifarkit.adapt("regnet_y_400mf", num_classes=6, strategy=strategy, freeze_features=freeze)  # type: ignore[arg-type]
+    cifarkit.save(model, tmp_path / "m.pt")
+    again = cifarkit.load(tmp_path / "m.pt")
+    assert get_build_record(again) == get_build_record(model)
+    assert [p.requires_grad for p in again.parameters()] == [p.requires_grad for p in model.parameters()]
+    for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adapt_vgg16_is_adapt_of_vgg16() -> None:
+    torch.manual_seed(0)
+    a = cifarkit.adapt("vgg16", num_classes=3, strategy="append")
+    assert get_build_record(a) == {"builder": "adapt_vgg16", "kwargs": {"arch": "vgg16", "strategy": "append",
+                                                                        "num_classes": 3, "freeze_features": False}}  # fmt: skip
+    assert a.classifier.add_linear.out_features == 3
+
+
+@pytest.fixture
+def resnet_weights(torch_home: Path) -> dict[str, torch.Tensor]:
+    """A resnet18 state_dict in torchvision's layout at the cache path of its ImageNet weights."""
+    torch.manual_seed(7)
+    state = torchvision.models.resnet18().state_dict()
+    path = imagenet_cache_path("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return state
+
+
+def test_imagenet_weights_of_any_network_come_from_the_torch_cache(
+    resnet_weights: dict[str, torch.Tensor], network: object
+) -> None:
+    model = cifarkit.adapt("resnet18", num_classes=5, weights="imagenet")
+    for name, value in model.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(value, resnet_weights[name]), name
+    assert model.fc.out_features == 5
+    record = cifarkit.preprocessing_of(model)
+    assert record is not None and record["input_size"] == [224, 224]
+    assert tuple(record["mean"]) == IMAGENET_MEAN and tuple(record["std"]) == IMAGENET_STD
+    assert network.attempts == []  # type: ignore[attr-defined]
+
+
+def test_weights_from_a_file_and_a_wrong_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
+    assert cifarkit.adapt("mobilenet_v3_small", weights=path).classifier[3].out_features == 10
+    with pytest.raises(StateDictMismatchError):
+        cifarkit.adapt("resnet18", weights=path)
+
+
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(torch_home: Path, network: object) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        cifarkit.adapt("efficientnet_b0", weights="imagenet", progress=False)
+    message = str(info.value)
+    path = imagenet_cache_path("efficientnet_b0")
+    assert (
+        str(path) in message and "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth" in message
+    )
+    assert not path.exists()
+
+
+def test_adapt_refuses_bad_options() -> None:
+    with pytest.raises(InvalidOptionError, match="unknown network 'resnet'"):
+        cifarkit.adapt("resnet")
+    with pytest.raises(InvalidOptionError, match="strategy="):
+        cifarkit.adapt("resnet18", strategy="swap")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="num_classes"):
+        cifarkit.adapt("resnet18", num_classes=0)
+    with pytest.raises(InvalidOptionError, match="weights=''"):
+        cifarkit.adapt("resnet18", weights="")
+    with pytest.raises(ModelRecordError, match="arch must be one of"):
+        rebuild({"builder": "adapt", "kwargs": {"arch": "resnet152"}})

@@ -37,7 +37,7 @@ from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
 from cifarkit.history import EpochStats, History
 from cifarkit.loader import Loader, TensorLoader
 from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1_loss, mse_loss
-from cifarkit.models import CifarCNN, ModelSummary, adapt_vgg16, build_cnn, summary
+from cifarkit.models import CifarCNN, ModelSummary, adapt, adapt_vgg16, backbones, build_cnn, summary
 from cifarkit.preprocess import preprocessing_of
 from cifarkit.runtime import ExportedModel, load_exported
 from cifarkit.schedules import cosine, one_cycle
@@ -72,7 +72,9 @@ __all__ = [
     "TensorBoard",
     "TensorLoader",
     "__version__",
+    "adapt",
     "adapt_vgg16",
+    "backbones",
     "build_cnn",
     "cosine",
     "cross_entropy",

@@ -1,7 +1,7 @@
 """Build records: how a model was built, and the check a record read from a file passes first.
 
 A build record is ``{"builder": name, "kwargs": {...}}``. A file is untrusted, so
-:func:`validate_build_record` admits only the two builders, only their keyword names, each with
+:func:`validate_build_record` admits only the known builders, only their keyword names, each with
 its type and bounds (``num_classes`` up to :data:`MAX_CLASSES`, ``dropout`` in [0, 1)), and
 never a source of weights: rebuilding from a file never downloads, never opens another file
 and never allocates more than the architecture's own parameters.
@@ -19,17 +19,23 @@ from cifarkit.errors import ModelRecordError
 from cifarkit.files.checksums import excerpt
 from cifarkit.preprocess import MAX_CLASSES
 
-__all__ = ["VGG_ARCHS", "BuildRecord", "validate_build_record"]
+__all__ = ["BACKBONE_NAMES", "VGG_ARCHS", "BuildRecord", "validate_build_record"]
 
 JSONScalar = str | int | float | bool | None
 #: The torchvision VGG architectures ``adapt_vgg16`` records (and ``rebuild`` accepts).
 VGG_ARCHS = tuple(f"{name}{bn}" for name in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in ("", "_bn"))
+#: The torchvision networks ``adapt`` records (the names of :data:`cifarkit.models.backbones.BACKBONES`;
+#: a test keeps the two equal).
+BACKBONE_NAMES = (
+    "resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
+    "regnet_y_400mf", "vgg16",
+)  # fmt: skip
 
 
 class BuildRecord(TypedDict):
     """How a model was built: the builder's name and its JSON-serialisable arguments."""
 
-    builder: Literal["build_cnn", "adapt_vgg16"]
+    builder: Literal["build_cnn", "adapt_vgg16", "adapt"]
     kwargs: dict[str, JSONScalar]
 
 
@@ -62,6 +68,12 @@ BUILDERS: dict[str, dict[str, Check]] = {
     "build_cnn": {"num_classes": _count, "activation": _one_of("none", "relu"), "dropout": _probability},
     "adapt_vgg16": {
         "arch": _one_of(None, *VGG_ARCHS),
+        "strategy": _one_of("replace", "append"),
+        "num_classes": _count,
+        "freeze_features": _flag,
+    },
+    "adapt": {
+        "arch": _one_of(*BACKBONE_NAMES),
         "strategy": _one_of("replace", "append"),
         "num_classes": _count,
         "freeze_features": _flag,

@@ -1,18 +1,19 @@
-"""The tutorial's CIFAR-10 CNN, the VGG16 adapter, and a parameter summary.
+"""The models: the tutorial's CIFAR-10 CNN, pretrained torchvision networks adapted to one's
+classes (:func:`adapt`, and the lesson's :func:`adapt_vgg16`), and a parameter summary.
 
 Every model built here remembers how it was built (a small JSON-serialisable
 :class:`BuildRecord`), so :func:`cifarkit.save` can write a file that
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.files,
-cifarkit.files.diagnosis, cifarkit.files.reading, cifarkit.files.records, cifarkit.preprocess.
+May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.diagnosis,
+cifarkit.files.reading, cifarkit.files.records, cifarkit.models.backbones, cifarkit.models.summary,
+cifarkit.preprocess.
 """
 
 from __future__ import annotations
 
 import os
 import urllib.error
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast, get_args
 
@@ -20,7 +21,6 @@ import torch
 from torch import nn
 
 from cifarkit.device import unwrap_model
-from cifarkit.display import format_table, html_table
 from cifarkit.errors import (
     AlreadyAdaptedError,
     InvalidOptionError,
@@ -33,17 +33,32 @@ from cifarkit.files import PathLike
 from cifarkit.files.diagnosis import apply_state_dict
 from cifarkit.files.reading import read_state_dict
 from cifarkit.files.records import BuildRecord, validate_build_record
+from cifarkit.models.backbones import (
+    Backbone,
+    BackboneTable,
+    backbones,
+    build_backbone,
+    find_backbone,
+    has_imagenet_head,
+    replace_head,
+    weights_path,
+)
+from cifarkit.models.backbones import freeze_features as freeze_backbone
+from cifarkit.models.summary import LayerRow, ModelSummary, summary
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
 
 if TYPE_CHECKING:
     from torchvision.models import VGG
 
 __all__ = [
+    "BackboneTable",
     "BuildRecord",
     "CifarCNN",
     "LayerRow",
     "ModelSummary",
+    "adapt",
     "adapt_vgg16",
+    "backbones",
     "build_cnn",
     "get_build_record",
     "imagenet_cache_path",
@@ -57,9 +72,6 @@ Strategy = Literal["replace", "append"]
 #: Attribute under which a model keeps its build record.
 RECORD_ATTR = "_cifarkit_build"
 _VGG_ARCHS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}  # conv count -> torchvision name
-#: torchvision's ``VGG16_Weights.IMAGENET1K_V1.url`` (a test keeps the two equal). Written out so
-#: that importing cifarkit does not import torchvision (1.3 s): it is imported where VGG is built.
-_IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 
 class CifarCNN(nn.Module):
@@ -146,23 +158,21 @@ def build_cnn(num_classes: int = 10, *, activation: Activation = "none", dropout
     return CifarCNN(num_classes, activation=activation, dropout=dropout)
 
 
-def imagenet_cache_path() -> Path:
-    """The file torchvision's cache holds VGG16's ImageNet weights in.
+def imagenet_cache_path(arch: str = "vgg16") -> Path:
+    """The file torchvision's cache holds ``arch``'s ImageNet weights in (VGG16's by default).
 
-    ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth`` (``TORCH_HOME`` defaults to
-    ``~/.cache/torch``).
+    ``$TORCH_HOME/hub/checkpoints/<file>`` (``TORCH_HOME`` defaults to ``~/.cache/torch``); the
+    file names are listed by :func:`cifarkit.backbones`.
 
     Example:
-        >>> imagenet_cache_path().name
-        'vgg16-397923af.pth'
+        >>> imagenet_cache_path().name, imagenet_cache_path("resnet18").name
+        ('vgg16-397923af.pth', 'resnet18-f37072fd.pth')
     """
-    filename = _IMAGENET_URL.rsplit("/", 1)[-1]
-    return Path(str(torch.hub.get_dir())) / "checkpoints" / filename
+    return weights_path(arch)
 
 
-def _imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
-    url = _IMAGENET_URL
-    path = imagenet_cache_path()
+def _imagenet_state_dict(arch: str, progress: bool) -> dict[str, torch.Tensor]:
+    url, path = find_backbone(arch).url, weights_path(arch)
     if not path.is_file():
         match = torch.hub.HASH_REGEX.search(path.name)
         try:
@@ -173,10 +183,10 @@ def _imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
             )
         except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
             msg = (
-                f"VGG16 ImageNet weights are not cached at {path} and could not be downloaded "
+                f"{arch} ImageNet weights are not cached at {path} and could not be downloaded "
                 f"from {url} ({type(exc).__name__}: {exc}). Download that file by hand on a "
                 f"machine with internet access and copy it to {path} (set TORCH_HOME to change "
-                "the cache folder), or pass weights='path/to/vgg16.pth' or weights=None."
+                f"the cache folder), or pass weights='path/to/{arch}.pth' or weights=None."
             )
             raise WeightsUnavailableError(msg) from exc
     return read_state_dict(path)
@@ -189,6 +199,107 @@ def _vgg_arch(model: VGG) -> str | None:
     return None if name is None else name + ("_bn" if has_bn else "")
 
 
+def _check_weights(weights: object) -> None:
+    if isinstance(weights, str) and weights != "imagenet" and not weights.strip():
+        msg = "weights='' is not valid; pass None, 'imagenet' or a path to a state_dict file"
+        raise InvalidOptionError(msg)
+
+
+def _adapt_into(
+    model: nn.Module,
+    spec: Backbone,
+    *,
+    strategy: Strategy,
+    num_classes: int,
+    weights: Literal["imagenet"] | PathLike | None,
+    freeze_features: bool,
+    progress: bool,
+) -> None:
+    """Load the weights into a torchvision network with its ImageNet head, then swap the head."""
+    if getattr(model, RECORD_ATTR, None) is not None or not has_imagenet_head(model, spec):
+        msg = (
+            f"this {type(model).__name__} was already adapted (its last layer is no longer the "
+            "1000-way ImageNet head); adapting again would stack heads. Start from torchvision's "
+            f"torchvision.models.{spec.name}(), or use the model as it is."
+        )
+        raise AlreadyAdaptedError(msg)
+    if weights == "imagenet":
+        apply_state_dict(model, _imagenet_state_dict(spec.name, progress), strict=True, source="the ImageNet cache")
+    elif weights is not None:
+        apply_state_dict(model, read_state_dict(weights), strict=True, source=os.fspath(weights))
+    if weights is not None:  # pretrained features expect the weights' normalization and size: say so
+        size = (spec.input_size, spec.input_size)
+        set_preprocessing(model, make_record(input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    replace_head(model, spec, strategy, num_classes)
+    if freeze_features:
+        freeze_backbone(model, spec.head)
+
+
+def adapt(
+    arch: str,
+    num_classes: int = 10,
+    *,
+    weights: Literal["imagenet"] | PathLike | None = None,
+    strategy: Strategy = "replace",
+    freeze_features: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """Build torchvision's ``arch`` as a ``num_classes``-way classifier, pretrained or not.
+
+    The networks and their sizes are listed by :func:`cifarkit.backbones` (ResNet-18/50,
+    MobileNetV3 small/large, EfficientNet-B0, ConvNeXt-Tiny, RegNetY-400MF, VGG16).
+    :func:`adapt_vgg16` is the lesson's name for ``adapt("vgg16", ...)``.
+
+    Args:
+        arch: The network's torchvision name, e.g. ``"resnet18"``.
+        num_classes: Number of output classes.
+        weights: ``None`` (random init), ``"imagenet"`` (torchvision's default weights for that
+            network, from its cache ``$TORCH_HOME/hub/checkpoints/``, downloaded when missing and
+            online), or the path of a ``state_dict`` file in torchvision's layout (read with
+            ``weights_only=True``). Weights load before the head changes. With weights, the
+            model's preprocessing record holds their mean and std and their pretraining input size
+            (224x224) as the recommended one.
+        strategy: ``"replace"`` swaps the last classification layer for a ``num_classes``-way one;
+            ``"append"`` keeps the 1000-way layer and adds ``Linear(1000, num_classes)`` after it.
+        freeze_features: ``requires_grad=False`` on everything but the classifier block (the
+            ``head`` of :class:`~cifarkit.models.backbones.Backbone`): train the head only.
+        progress: Show a progress bar while downloading.
+
+    Raises:
+        InvalidOptionError: an unknown ``arch``, ``strategy`` or ``weights`` value.
+        WeightsUnavailableError: the ImageNet weights are neither cached nor downloadable; the
+            message names the file and the folder to put it in.
+        StateDictMismatchError: the weights file does not fit the network.
+
+    Example:
+        >>> import torch
+        >>> model = adapt("resnet18", num_classes=5)
+        >>> model.fc
+        Linear(in_features=512, out_features=5, bias=True)
+        >>> model.eval()(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 5])
+        >>> get_build_record(model)["kwargs"]["arch"]
+        'resnet18'
+    """
+    spec = find_backbone(arch)
+    check_choice("strategy", strategy, get_args(Strategy))
+    check_positive_int("num_classes", num_classes)
+    _check_weights(weights)
+    if spec.name == "vgg16":
+        return adapt_vgg16(strategy=strategy, num_classes=num_classes, weights=weights,
+                           freeze_features=freeze_features, progress=progress)  # fmt: skip
+    model = build_backbone(spec.name)
+    _adapt_into(model, spec, strategy=strategy, num_classes=num_classes, weights=weights,
+                freeze_features=freeze_features, progress=progress)  # fmt: skip
+    record: BuildRecord = {
+        "builder": "adapt",
+        "kwargs": {"arch": spec.name, "strategy": strategy, "num_classes": num_classes,
+                   "freeze_features": freeze_features},
+    }  # fmt: skip
+    setattr(model, RECORD_ATTR, record)
+    return model
+
+
 def adapt_vgg16(
     model: VGG | None = None,
     *,
@@ -199,6 +310,8 @@ def adapt_vgg16(
     progress: bool = True,
 ) -> VGG:
     """Turn torchvision's VGG16 into a ``num_classes``-way classifier (the tutorial's two ways).
+
+    The lesson's name for ``adapt("vgg16", ...)``, which also takes a VGG you built yourself.
 
     Args:
         model: A torchvision ``VGG`` with its 1000-way ImageNet head; adapted **in place** and
@@ -233,9 +346,7 @@ def adapt_vgg16(
     """
     check_choice("strategy", strategy, get_args(Strategy))
     check_positive_int("num_classes", num_classes)
-    if isinstance(weights, str) and weights != "imagenet" and not weights.strip():
-        msg = "weights='' is not valid; pass None, 'imagenet' or a path to a state_dict file"
-        raise InvalidOptionError(msg)
+    _check_weights(weights)
     from torchvision.models import VGG, vgg16  # lazily: importing cifarkit stays fast
 
     if model is None:
@@ -243,36 +354,8 @@ def adapt_vgg16(
     elif not isinstance(model, VGG):
         msg = f"adapt_vgg16 expects a torchvision VGG model, got {type(model).__name__}"
         raise InvalidOptionError(msg)
-
-    head = model.classifier[6] if len(model.classifier) > 6 else None
-    if (
-        getattr(model, RECORD_ATTR, None) is not None
-        or "add_linear" in model.classifier._modules
-        or not isinstance(head, nn.Linear)
-        or head.out_features != 1000
-    ):
-        msg = (
-            "this VGG was already adapted (its classifier is no longer the 1000-way ImageNet "
-            "head); adapting again would stack heads. Start from torchvision.models.vgg16(), or "
-            "use the model as it is."
-        )
-        raise AlreadyAdaptedError(msg)
-
-    if weights == "imagenet":
-        apply_state_dict(model, _imagenet_state_dict(progress), strict=True, source="the ImageNet cache")
-    elif weights is not None:
-        apply_state_dict(model, read_state_dict(weights), strict=True, source=os.fspath(weights))
-    if weights is not None:  # pretrained features expect ImageNet's normalization: say so
-        set_preprocessing(model, make_record(input_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD))
-
-    if strategy == "replace":
-        model.classifier[6] = nn.Linear(4096, num_classes)
-    else:
-        model.classifier.add_module("add_linear", nn.Linear(1000, num_classes))
-    if freeze_features:
-        for p in model.features.parameters():
-            p.requires_grad_(False)
-
+    _adapt_into(model, find_backbone("vgg16"), strategy=strategy, num_classes=num_classes, weights=weights,
+                freeze_features=freeze_features, progress=progress)  # fmt: skip
     record: BuildRecord = {
         "builder": "adapt_vgg16",
         "kwargs": {
@@ -318,88 +401,11 @@ def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:
     options = dict(checked["kwargs"])
     if checked["builder"] == "build_cnn":
         return build_cnn(**options)  # type: ignore[arg-type]
+    if checked["builder"] == "adapt":
+        return adapt(str(options.pop("arch")), **options)  # type: ignore[arg-type]
     arch = str(options.pop("arch", None) or "vgg16")
     import torchvision.models  # lazily, as in adapt_vgg16
 
     base = cast("VGG", getattr(torchvision.models, arch)(weights=None))
     adapted: nn.Module = adapt_vgg16(base, **options)  # type: ignore[arg-type]
     return adapted
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One leaf module in a :class:`ModelSummary`."""
-
-    name: str
-    kind: str
-    params: int
-    trainable: int
-    output: str
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """Parameter counts and a per-layer table; ``print()`` it for the tutorial's ``print(model)``."""
-
-    total: int
-    trainable: int
-    size_mb: float
-    rows: list[LayerRow] = field(default_factory=list)
-
-    @property
-    def frozen(self) -> int:
-        """Parameters with ``requires_grad=False``."""
-        return self.total - self.trainable
-
-    def _rows(self) -> list[tuple[str, ...]]:
-        return [(r.name, r.kind, f"{r.params:,}", f"{r.trainable:,}", r.output) for r in self.rows]
-
-    def _totals(self) -> str:
-        return (
-            f"total params: {self.total:,}  trainable: {self.trainable:,}  "
-            f"frozen: {self.frozen:,}  size (fp32): {self.size_mb:.2f} MB"
-        )
-
-    def __str__(self) -> str:
-        return f"{format_table(self._rows(), headers=_SUMMARY_HEADERS, right=(2, 3))}\n{self._totals()}"
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        return html_table(self._rows(), headers=_SUMMARY_HEADERS, right=(2, 3), caption=self._totals())
-
-
-_SUMMARY_HEADERS = ("layer", "type", "params", "trainable", "detail")
-
-
-def summary(model: nn.Module) -> ModelSummary:
-    """Count parameters and list every leaf layer.
-
-    ``size_mb`` is the fp32 size of the parameters in megabytes (10**6 bytes).
-
-    Example:
-        >>> s = summary(build_cnn())
-        >>> s.total, s.trainable, round(s.size_mb, 3)
-        (145578, 145578, 0.582)
-        >>> print(s)  # doctest: +ELLIPSIS
-        layer         type       params  trainable  detail
-        ...
-        total params: 145,578  trainable: 145,578  frozen: 0  size (fp32): 0.58 MB
-    """
-    rows = []
-    for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
-            continue  # containers: their leaves are listed
-        params = list(module.parameters(recurse=False))
-        rows.append(
-            LayerRow(
-                name=name or type(module).__name__,
-                kind=type(module).__name__,
-                params=sum(p.numel() for p in params),
-                trainable=sum(p.numel() for p in params if p.requires_grad),
-                output=module.extra_repr(),
-            )
-        )
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelSummary(total=total, trainable=trainable, size_mb=total * 4 / 1e6, rows=rows)
