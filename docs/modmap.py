@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("saving models, your own pictures, the step's helpers", ["files.saving", "folders", "steps"]),
     ("checkpoints, callbacks, evaluation", ["files.checkpoints", "callbacks", "evaluation"]),
     ("training, and leaving Python", ["train", "exporting"]),
+    ("fine-tuning: the learning-rate finder, two phases", ["tuning"]),
     ("the command and the face", ["cli", "__init__"]),
     ("python -m cifarkit", ["__main__"]),
 ]

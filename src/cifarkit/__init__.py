@@ -15,7 +15,7 @@ May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
 cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.grads,
 cifarkit.history, cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.preprocess,
-cifarkit.runtime, cifarkit.schedules, cifarkit.train (never the command line).
+cifarkit.runtime, cifarkit.schedules, cifarkit.train, cifarkit.tuning (never the command line).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from cifarkit.preprocess import preprocessing_of
 from cifarkit.runtime import ExportedModel, load_exported
 from cifarkit.schedules import cosine, one_cycle
 from cifarkit.train import train_loop, train_one_epoch
+from cifarkit.tuning import LRFindResult, fine_tune, lr_find
 
 try:
     __version__ = version("cifarkit")
@@ -64,6 +65,7 @@ __all__ = [
     "History",
     "ImageTensors",
     "L1Loss",
+    "LRFindResult",
     "Loader",
     "MSELoss",
     "ModelSummary",
@@ -83,6 +85,7 @@ __all__ = [
     "errors",
     "evaluate",
     "export",
+    "fine_tune",
     "grad_report",
     "inspect",
     "l1_loss",
@@ -91,6 +94,7 @@ __all__ = [
     "load_cifar10",
     "load_exported",
     "load_image_folder",
+    "lr_find",
     "mse_loss",
     "one_cycle",
     "predict",

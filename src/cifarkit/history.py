@@ -49,6 +49,8 @@ class EpochStats:
         eval_accuracy: Accuracy on ``eval_data``, if any.
         first_step_seconds: Time from the epoch's start until its first optimizer step ended
             (with ``torch.compile``, the first epoch's includes compiling).
+        phase: The training phase the epoch belonged to, where a policy has phases
+            (:func:`cifarkit.fine_tune`: ``"frozen"``, then ``"unfrozen"``); ``None`` otherwise.
     """
 
     epoch: int
@@ -63,6 +65,7 @@ class EpochStats:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     first_step_seconds: float | None = None
+    phase: str | None = None
 
     def summary(self, epochs: int | None = None) -> str:
         """The epoch as one line, as the ``cifarkit`` command and ``train_loop`` print it.
@@ -85,7 +88,7 @@ class EpochStats:
     def row(self) -> tuple[str, ...]:
         """The cells of this epoch in :class:`History`'s table."""
         return (
-            str(self.epoch),
+            str(self.epoch) if self.phase is None else f"{self.epoch} ({self.phase})",
             f"{self.loss_sum:.2f}",
             f"{self.loss_mean:.4f}",
             f"{self.train_accuracy:.1%}",
@@ -117,6 +120,8 @@ def _admissible(name: str, value: object) -> bool:
         return isinstance(value, list) and all(_number(v) for v in value)
     if name in ("epoch", "images"):
         return _number(value, whole=True)
+    if name == "phase":
+        return value is None or (isinstance(value, str) and len(value) <= 40)
     return _number(value) or (value is None and name not in _REQUIRED)
 
 

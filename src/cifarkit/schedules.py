@@ -1,17 +1,21 @@
-"""Learning-rate schedules: the two every CIFAR recipe uses, built on torch's own schedulers, and
-when a scheduler is stepped (after every optimizer step, or once per epoch).
+"""Learning-rate schedules: the two every CIFAR recipe uses, built on torch's own schedulers, the
+two-phase one of fine-tuning, and when a scheduler is stepped (after every optimizer step, or
+once per epoch).
 
 May import: cifarkit.errors.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
     CyclicLR,
+    LambdaLR,
     LinearLR,
     LRScheduler,
     OneCycleLR,
@@ -21,7 +25,17 @@ from torch.optim.lr_scheduler import (
 
 from cifarkit.errors import InvalidOptionError, check_choice, check_positive_int
 
-__all__ = ["Interval", "Scheduler", "check_scheduler", "cosine", "interval_of", "one_cycle", "step_every"]
+__all__ = [
+    "Interval",
+    "Scheduler",
+    "TwoPhaseSchedule",
+    "check_scheduler",
+    "cosine",
+    "interval_of",
+    "one_cycle",
+    "one_cycle_factor",
+    "step_every",
+]
 
 Scheduler = LRScheduler | ReduceLROnPlateau
 #: ``"batch"``: ``scheduler.step()`` after every optimizer step; ``"epoch"``: once per epoch.
@@ -144,3 +158,60 @@ def check_scheduler(scheduler: Scheduler, optimizer: torch.optim.Optimizer) -> N
             "cifarkit.one_cycle(optimizer, ...))"
         )
         raise InvalidOptionError(msg)
+
+
+def _cos(start: float, end: float, t: float) -> float:
+    return end + (start - end) / 2 * (1 + math.cos(math.pi * t))
+
+
+def one_cycle_factor(t: float, *, pct_start: float = 0.25, div: float = 25.0, final_div: float = 1e4) -> float:
+    """The one-cycle curve at ``t`` in [0, 1] as a multiple of the peak (``OneCycleLR``'s shape):
+    cosine up from ``1/div`` to 1 over ``pct_start``, then cosine down to ``1/(div*final_div)``.
+
+    Example:
+        >>> round(one_cycle_factor(0.0), 7), one_cycle_factor(0.25), round(one_cycle_factor(1.0), 7)
+        (0.04, 1.0, 4e-06)
+    """
+    t = min(max(t, 0.0), 1.0)
+    if t < pct_start:
+        return _cos(1 / div, 1.0, t / pct_start)
+    return _cos(1.0, 1 / (div * final_div), (t - pct_start) / (1 - pct_start))
+
+
+@dataclass
+class _GroupCurve:
+    """One parameter group's factor over both phases (a callable object: ``LambdaLR`` saves it)."""
+
+    first: int  # optimizer steps of phase 1
+    second: int  # optimizer steps of phase 2
+    head: bool  # trains in phase 1
+
+    def __call__(self, step: int) -> float:
+        if step < self.first:
+            return one_cycle_factor(step / self.first) if self.head else 0.0
+        return one_cycle_factor((step - self.first) / max(self.second, 1))
+
+
+class TwoPhaseSchedule(LambdaLR):
+    """One cycle over the frozen phase (the head alone at its peak), then one cycle over the
+    unfrozen phase (every group at its own peak, its ``lr``); stepped after every optimizer step.
+
+    Args:
+        optimizer: Its groups' ``lr`` are their peaks; the last group is the head.
+        frozen_steps: Optimizer steps of phase 1.
+        unfrozen_steps: Optimizer steps of phase 2.
+
+    Used by :func:`cifarkit.fine_tune`.
+
+    Example:
+        >>> groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (0.01, 0.1)]
+        >>> schedule = TwoPhaseSchedule(torch.optim.SGD(groups), frozen_steps=4, unfrozen_steps=8)
+        >>> [round(g["lr"], 4) for g in schedule.optimizer.param_groups]  # phase 1 starts: head only
+        [0.0, 0.004]
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, frozen_steps: int, unfrozen_steps: int) -> None:
+        last = len(optimizer.param_groups) - 1
+        curves = [_GroupCurve(frozen_steps, unfrozen_steps, i == last) for i in range(last + 1)]
+        super().__init__(optimizer, lr_lambda=curves)  # type: ignore[arg-type]
+        step_every(self, "batch")

@@ -244,6 +244,8 @@ def train_loop(
             Only rank 0 shows anything under DDP.
         callbacks: Objects with any of the hooks of :mod:`cifarkit.callbacks`, or functions
             ``f(epoch, history)`` called after each epoch; one returning ``True`` stops training.
+            A callback may freeze or unfreeze parameters between epochs: under DDP the model is
+            wrapped again, so the parameters that train are the ones kept in sync.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
             is recorded as ``History.compile_seconds``).
 
@@ -294,9 +296,8 @@ def train_loop(
     history.figures = TRAIN_FIGURES + (EVAL_FIGURES if eval_data is not None else ())
     tensorboard = next(iter(run.of_type(TensorBoard)), None)
     train_data = shard_data(match_memory_format(data, ctx.device, fmt), ctx, pad=True)
-    net = wrap_model(inner, ctx) if ctx.active else inner
-    if compile:
-        net = torch.compile(net)  # type: ignore[assignment]
+    net: nn.Module = inner
+    wrapped_for: list[bool] | None = None  # which parameters trained when `net` was wrapped
     was_training = inner.training
     if history.stop_reason not in (None, "completed"):  # a resumed run that a callback had stopped
         start = epochs
@@ -305,6 +306,9 @@ def train_loop(
         run.set_model(inner)
         run.on_train_start(history)  # callbacks refuse what they cannot honour, before any epoch
         for epoch in range(start, epochs):
+            trainable = [p.requires_grad for p in inner.parameters()]
+            if trainable != wrapped_for:  # the first epoch, or a callback froze or unfroze layers:
+                net, wrapped_for = _wrap(inner, ctx, compile), trainable  # DDP syncs what trains now
             set_epoch(train_data, epoch)
             stats = train_one_epoch(
                 net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp, epoch=epoch,
@@ -344,6 +348,11 @@ def train_loop(
         for board in run.of_type(TensorBoard):  # closed even when training failed
             board.on_train_end(history)
     return history
+
+
+def _wrap(model: nn.Module, ctx: DistContext, compile: bool) -> nn.Module:
+    net = wrap_model(model, ctx) if ctx.active else model
+    return torch.compile(net) if compile else net  # type: ignore[return-value]
 
 
 def _attach_preprocessing(model: nn.Module, data: Iterable[Batch]) -> None:

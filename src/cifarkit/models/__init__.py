@@ -34,6 +34,7 @@ from cifarkit.files.diagnosis import apply_state_dict
 from cifarkit.files.reading import read_state_dict
 from cifarkit.files.records import BuildRecord, validate_build_record
 from cifarkit.models.backbones import (
+    BACKBONES,
     Backbone,
     BackboneTable,
     backbones,
@@ -61,6 +62,7 @@ __all__ = [
     "backbones",
     "build_cnn",
     "get_build_record",
+    "head_of",
     "imagenet_cache_path",
     "rebuild",
     "summary",
@@ -286,8 +288,9 @@ def adapt(
     check_positive_int("num_classes", num_classes)
     _check_weights(weights)
     if spec.name == "vgg16":
-        return adapt_vgg16(strategy=strategy, num_classes=num_classes, weights=weights,
-                           freeze_features=freeze_features, progress=progress)  # fmt: skip
+        vgg: nn.Module = adapt_vgg16(strategy=strategy, num_classes=num_classes, weights=weights,
+                                     freeze_features=freeze_features, progress=progress)  # fmt: skip
+        return vgg
     model = build_backbone(spec.name)
     _adapt_into(model, spec, strategy=strategy, num_classes=num_classes, weights=weights,
                 freeze_features=freeze_features, progress=progress)  # fmt: skip
@@ -380,6 +383,36 @@ def get_build_record(model: nn.Module) -> BuildRecord | None:
     """
     record = getattr(unwrap_model(model), RECORD_ATTR, None)
     return cast("BuildRecord | None", record)
+
+
+def head_of(model: nn.Module, head: str | None = None) -> tuple[str, int]:
+    """The classifier block's name and the depth at which the other layers are grouped.
+
+    ``head`` names it for any model; without it the model must come from :func:`cifarkit.adapt`
+    or :func:`cifarkit.adapt_vgg16`, whose build record names the network.
+
+    Raises:
+        InvalidOptionError: no ``head`` and the model's network is not one cifarkit adapts.
+
+    Example:
+        >>> head_of(adapt("resnet18"))
+        ('fc', 1)
+    """
+    if head is not None:
+        return head, 1
+    record = get_build_record(model)
+    arch = None if record is None else record["kwargs"].get("arch")
+    if record is not None and record["builder"] == "adapt_vgg16":
+        arch = "vgg16"  # every VGG has its classifier block in .classifier
+    spec = BACKBONES.get(str(arch))
+    if spec is None:
+        msg = (
+            "fine_tune needs to know which layers are the head: build the model with "
+            "cifarkit.adapt(...) (see cifarkit.backbones()), or pass head='name of the classifier "
+            "module' (for example head='fc')"
+        )
+        raise InvalidOptionError(msg)
+    return spec.head, spec.depth
 
 
 def rebuild(record: BuildRecord | dict[str, object]) -> nn.Module:

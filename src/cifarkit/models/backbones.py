@@ -145,7 +145,8 @@ def backbones() -> BackboneTable:
         ['mobilenet_v3_small', 'regnet_y_400mf']
         >>> print(table)  # doctest: +ELLIPSIS
         network             params  pretrained at  ImageNet weights file
-        mobilenet_v3_small    2.5M  224x224        mobilenet_v3_small-047dcff4.pth
+        ...
+        resnet18             11.7M  224x224        resnet18-f37072fd.pth
         ...
     """
     return BackboneTable(tuple(sorted(BACKBONES.values(), key=lambda b: b.params)))
