@@ -230,9 +230,10 @@ def suggest_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
     """The learning rate :func:`lr_find` suggests: the middle of the longest valley.
 
     The valley is the longest run of steps over which the smoothed loss keeps falling (the
-    longest strictly decreasing subsequence, so that a bump inside it does not cut it); the
-    suggestion is the learning rate halfway along it, on the log scale of the sweep. A spike in
-    the first steps starts no long valley, so it cannot pull the suggestion down to the start.
+    longest strictly decreasing subsequence, so that a bump inside the fall does not cut it);
+    the suggestion is the learning rate of its median point. A spike in the first steps adds at
+    most one point to the valley, so it moves the suggestion by at most one step, where a
+    steepest-slope rule would jump to the spike.
 
     Raises:
         InvalidOptionError: fewer than 2 points, or lists of different lengths.
@@ -241,19 +242,22 @@ def suggest_lr(lrs: Sequence[float], smoothed: Sequence[float]) -> float:
         >>> lrs = [10 ** (i / 4 - 6) for i in range(21)]
         >>> losses = [9, 2.3] + [2.3 - 0.1 * i for i in range(12)] + [1.3 + i for i in range(7)]
         >>> f"{suggest_lr(lrs, losses):.1e}"
-        '3.2e-05'
+        '5.6e-05'
     """
     n = len(smoothed)
     if n < 2 or len(lrs) != n:
         msg = f"suggest_lr needs at least 2 points and as many rates as losses, got {len(lrs)} and {n}"
         raise InvalidOptionError(msg)
-    length, start = [1] * n, list(range(n))  # longest decreasing run ending at i, and where it starts
+    length, before = [1] * n, [-1] * n  # longest falling run ending at i, and its previous point
     for i in range(1, n):
         for j in range(i):
             if smoothed[i] < smoothed[j] and length[j] + 1 > length[i]:
-                length[i], start[i] = length[j] + 1, start[j]
-    end = max(range(n), key=lambda i: (length[i], -i))
-    return float(lrs[(start[end] + end) // 2])
+                length[i], before[i] = length[j] + 1, j
+    point, valley = max(range(n), key=lambda i: (length[i], -i)), []
+    while point >= 0:
+        valley.append(point)
+        point = before[point]
+    return float(lrs[sorted(valley)[len(valley) // 2]])
 
 
 @dataclass
