@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from cifarkit import build_cnn, evaluate, synthetic_cifar10, train_loop
+from cifarkit import adapt, build_cnn, evaluate, fine_tune, synthetic_cifar10, train_loop
 from cifarkit.errors import DistributedError
 
 
@@ -40,6 +40,19 @@ def main() -> None:
                              device="cuda")  # fmt: skip
         backend = torch.distributed.get_backend()
         (out / "nccl.json").write_text(json.dumps({"history": history.to_dict(), "backend": backend}))
+    elif mode == "finetune":  # two phases; the features unfreeze between epochs 1 and 2
+        torch.manual_seed(0)
+        net = adapt("mobilenet_v3_small")
+        torch.save(net.state_dict(), out / f"start{rank}.pt")
+
+        def after_phase_one(epoch: int, history: object) -> None:
+            if epoch == 0:
+                torch.save(net.state_dict(), out / f"frozen{rank}.pt")
+
+        history = fine_tune(net, synthetic_cifar10(256, seed=0).loader(batch_size=32, seed=11), epochs=1,
+                            freeze_epochs=1, device="cpu", progress=False, callbacks=[after_phase_one])  # fmt: skip
+        torch.save(net.state_dict(), out / f"tuned{rank}.pt")
+        (out / f"tuned{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
     elif mode == "die":
 
         def die_on_rank1(epoch: int, history: object) -> None:

@@ -94,6 +94,23 @@ def test_two_ranks_match_one_process_over_the_same_global_batches(tmp_path: Path
 
 
 @pytest.mark.slow
+def test_fine_tune_freezes_then_unfreezes_in_sync_across_two_ranks(tmp_path: Path) -> None:
+    results = launch("finetune", tmp_path)
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
+    start, frozen, tuned = ({r: torch.load(tmp_path / f"{stage}{r}.pt", weights_only=True) for r in (0, 1)}
+                            for stage in ("start", "frozen", "tuned"))  # fmt: skip
+    features = [k for k in start[0] if not k.startswith("classifier.")]
+    for rank in (0, 1):  # phase 1: every feature weight and statistic as it started, on both ranks
+        assert all(torch.equal(frozen[rank][k], start[rank][k]) for k in features)
+    assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])  # DDP kept the ranks equal
+    moved = [k for k in features if k.endswith("weight") and not torch.equal(tuned[0][k], start[0][k])]
+    assert len(moved) == len([k for k in features if k.endswith("weight")])  # phase 2 trained them all
+    h0, h1 = (json.loads((tmp_path / f"tuned{r}.json").read_text())["history"] for r in (0, 1))
+    assert h0 == h1 and [e["phase"] for e in h0["epochs"]] == ["frozen", "unfrozen"]
+    assert h0["epochs"][0]["images"] == 256
+
+
+@pytest.mark.slow
 def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     results = launch("die", tmp_path, timeout=180)
     assert results[1].returncode == 3

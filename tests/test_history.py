@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from cifarkit import EpochStats, History
-from cifarkit.errors import HistoryNotFoundError, InvalidOptionError
+from cifarkit.errors import HistoryFormatError, HistoryNotFoundError, InvalidOptionError
 
 
 def two_epochs() -> History:
@@ -81,3 +81,14 @@ def test_plot_without_a_path_returns_a_figure_that_shows_itself() -> None:
     assert png.startswith(b"\x89PNG")
     ticks = figure.axes[0].get_xticks()
     assert all(float(t).is_integer() for t in ticks)  # whole-number epoch ticks
+
+
+def test_an_epochs_phase_round_trips_and_shows_in_the_table() -> None:
+    history = two_epochs()
+    history.epochs[0].phase, history.epochs[1].phase = "frozen", "unfrozen"
+    assert History.from_dict(json.loads(json.dumps(history.to_dict()))) == history
+    assert "1 (frozen)" in repr(history) and "2 (unfrozen)" in history._repr_html_()
+    bad = history.to_dict()
+    bad["epochs"][0]["phase"] = 3
+    with pytest.raises(HistoryFormatError, match="phase"):
+        History.from_dict(bad)

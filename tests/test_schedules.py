@@ -102,3 +102,25 @@ def test_a_scheduler_on_another_optimizer_is_refused_before_training() -> None:
     assert torch.equal(model.sequential[0].weight, before)
     with pytest.raises(InvalidOptionError, match=r"must be a torch\.optim\.lr_scheduler"):
         check_scheduler("cosine", other)  # type: ignore[arg-type]
+
+
+def test_two_phase_schedule_is_one_cycle_for_the_head_then_one_cycle_for_all_groups() -> None:
+    from cifarkit.schedules import TwoPhaseSchedule, one_cycle_factor
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (0.001, 0.01, 0.1)]
+    optimizer = torch.optim.SGD(groups)
+    schedule = TwoPhaseSchedule(optimizer, frozen_steps=8, unfrozen_steps=20)
+    assert interval_of(schedule) == "batch"
+    seen = []
+    for _ in range(28):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    assert all(row[:2] == [0.0, 0.0] for row in seen[:8])  # phase 1: the features do not move
+    assert seen[2][2] == pytest.approx(0.1)  # the head's peak, a quarter into phase 1
+    assert seen[8 + 5] == pytest.approx([0.001, 0.01, 0.1])  # every group's peak in phase 2
+    assert seen[8] == pytest.approx([lr * one_cycle_factor(0.0) for lr in (0.001, 0.01, 0.1)])
+    state = schedule.state_dict()  # a resumed schedule continues where it was
+    again = TwoPhaseSchedule(torch.optim.SGD([dict(g) for g in groups]), frozen_steps=8, unfrozen_steps=20)
+    again.load_state_dict(state)
+    assert again.last_epoch == 28

@@ -47,6 +47,7 @@ __all__ = [
     "shard_data",
     "shard_dataloader",
     "share_threads",
+    "sync_buffers",
     "translate_error",
     "wrap_model",
 ]
@@ -161,6 +162,14 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     """Wrap ``model`` in ``DistributedDataParallel`` (rank 0's weights are broadcast to all)."""
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics): DDP sends them at the
+    start of each forward pass, so after an epoch's last step every rank holds its own."""
+    if ctx.active:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def shard_data(data: Iterable[Any], ctx: DistContext, *, pad: bool) -> Iterable[Any]:

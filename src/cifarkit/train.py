@@ -35,7 +35,7 @@ from cifarkit.device import (
     unwrap_model,
 )
 from cifarkit.display import Progress, ProgressReport
-from cifarkit.distributed import DistContext, context, shard_data, translate_error, wrap_model
+from cifarkit.distributed import DistContext, context, shard_data, sync_buffers, translate_error, wrap_model
 from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation import evaluate
 from cifarkit.files import PathLike
@@ -316,6 +316,7 @@ def train_loop(
                 channels_last=fmt == torch.channels_last, progress=progress if ctx.is_main else False,
                 logger=tensorboard, dist=ctx,
             )  # fmt: skip
+            sync_buffers(inner, ctx)  # every rank evaluates and saves rank 0's batch-norm statistics
             if compile and history.compile_seconds is None:
                 history.compile_seconds = stats.first_step_seconds
             if eval_data is not None:
