@@ -173,10 +173,67 @@ def test_pretrained_vgg16_options(torch_home: Path, capsys: pytest.CaptureFixtur
     assert "vgg16-397923af.pth" in err and str(torch_home) in err and "Traceback" not in err
     with pytest.raises(SystemExit) as info:
         main(["train", "--model", "cnn", "--weights", "imagenet"])
-    assert info.value.code == 2 and "go with --model vgg16" in capsys.readouterr().err
+    assert info.value.code == 2 and "--weights goes with a torchvision network" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "cnn", "--image-size", "64"])
     assert "takes 32x32 images" in capsys.readouterr().err
+
+
+def test_every_listed_network_is_a_model_choice_and_fine_tune_options_are_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cifarkit.cli import build_parser
+    from cifarkit.models.backbones import BACKBONES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    model = next(a for a in train._actions if a.dest == "model")
+    assert set(model.choices) == {"cnn", "cnn-relu", *BACKBONES}
+    for argv, message in (
+        (["train", "--model", "cnn-relu", "--fine-tune"], "--fine-tune goes with a torchvision network"),
+        (["train", "--model", "resnet18", "--fine-tune", "--schedule", "onecycle"], "its own schedule"),
+        (["train", "--model", "resnet18", "--fine-tune", "--freeze-epochs", "-1"], "--freeze-epochs must be"),
+        (["train", "--lr", "fast"], "'fast' is neither a number nor 'find'"),
+        (["lr-find", "--steps", "0"], "--steps must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_fine_tune_with_lr_find_trains_in_two_phases_and_saves_a_file_without_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.pt"
+    args = ["train", "--model", "mobilenet_v3_small", "--fine-tune", "--freeze-epochs", "1", "--epochs", "1",
+            "--lr", "find", "--steps", "12", "--train-count", "96", "--batch-size", "32", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"suggested learning rate (\S+)", printed)
+    assert found is not None and float(found.group(1)) > 0
+    assert "epoch 1/2" in printed and "epoch 2/2" in printed
+    info = inspect(out)
+    assert info.ok and info.build is not None and info.build["builder"] == "adapt" and info.references == []
+    assert load(out).classifier[3].out_features == 10
+
+
+def test_lr_find_command_draws_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "lr.png"
+    assert main(["lr-find", "--model", "cnn-relu", "--train-count", "64", "--steps", "10", "-o", str(png)]) == 0
+    assert "suggested learning rate" in capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_torchvision_network_from_a_weights_file_and_the_doctor_on_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    status = main(["doctor", "--model", "resnet18", "--weights", str(weights), "--train-count", "64"])
+    printed = capsys.readouterr().out
+    assert status == 1 and "input-too-small" in printed and "224" in printed
 
 
 @pytest.mark.slow

@@ -125,3 +125,33 @@ def test_inputs_not_normalized_as_the_model_records() -> None:
     data = synthetic_cifar10(32, seed=0)
     plain = [(data.images.float() / 255, data.labels)]  # a plain list in [0, 1]: not normalized
     assert codes(doctor(model, plain)) == ["inputs-not-normalized"]
+
+
+@pytest.fixture(scope="module")
+def pretrained_mobilenet(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
+    return path
+
+
+def test_a_pretrained_network_fed_32_pixel_pictures_or_another_normalization(pretrained_mobilenet: Any) -> None:
+    from cifarkit import adapt
+    from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    model = adapt("mobilenet_v3_small", weights=pretrained_mobilenet)
+    small = synthetic_cifar10(32).loader(batch_size=16, seed=0, normalize=(IMAGENET_MEAN, IMAGENET_STD))
+    found = {f.code: f for f in doctor(model, small).problems}
+    assert set(found) == {"input-too-small"}
+    assert "224x224" in found["input-too-small"].message and "32x32" in found["input-too-small"].message
+    assert "size=224" in found["input-too-small"].fix
+    cifar = ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    other = synthetic_cifar10(32).loader(batch_size=16, seed=0, normalize=cifar)
+    codes = [f.code for f in doctor(model, other).problems]
+    assert "normalization-differs" in codes and "inputs-not-normalized" not in codes
+    big = torch.nn.functional.interpolate(synthetic_cifar10(8).images.float() / 255, size=224, mode="bilinear")
+    batch = [((big - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None],
+              torch.arange(8))]  # fmt: skip
+    assert doctor(model, batch).ok  # the size and the normalization it was pretrained with: nothing to say
+    assert "input-too-small" not in [f.code for f in doctor(adapt("mobilenet_v3_small"), small).problems]

@@ -1,4 +1,4 @@
-"""The ``cifarkit`` command: train, doctor, evaluate, predict, export, inspect and plot.
+"""The ``cifarkit`` command: train, lr-find, doctor, evaluate, predict, export, inspect and plot.
 
 ``evaluate`` and ``predict`` take a cifarkit model file or an exported ``.onnx``/``.pt2`` program
 (run by onnxruntime or ``torch.export.load``), and print the same for both.
@@ -12,8 +12,8 @@ seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 May import: cifarkit.callbacks, cifarkit.data, cifarkit.device, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.inspection, cifarkit.files.reading,
 cifarkit.files.saving, cifarkit.files.writing, cifarkit.folders, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.models, cifarkit.preprocess, cifarkit.runtime, cifarkit.schedules,
-cifarkit.train.
+cifarkit.losses, cifarkit.models, cifarkit.models.backbones, cifarkit.preprocess, cifarkit.runtime,
+cifarkit.schedules, cifarkit.train, cifarkit.tuning.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ from cifarkit.folders import is_image_folder, load_image_folder
 from cifarkit.history import History
 from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
-from cifarkit.models import adapt_vgg16, build_cnn
+from cifarkit.models import adapt, build_cnn, head_of
+from cifarkit.models.backbones import BACKBONES, freeze_features
 from cifarkit.preprocess import Preprocess, preprocessing_of
 from cifarkit.runtime import FORMATS as EXPORT_FORMATS
 from cifarkit.runtime import load_exported
 from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
+from cifarkit.tuning import fine_tune, lr_find
 
 __all__ = ["build_parser", "main"]
 
@@ -83,10 +85,8 @@ def _normalization(model: torch.nn.Module) -> tuple[list[float], list[float]] | 
 
 
 def _build(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    if args.model == "vgg16":
-        model: torch.nn.Module = adapt_vgg16(strategy="replace", num_classes=num_classes, weights=args.weights,
-                                             freeze_features=args.freeze_features)  # fmt: skip
-        return model
+    if args.model in BACKBONES:
+        return adapt(args.model, num_classes, weights=args.weights, freeze_features=args.freeze_features)
     return build_cnn(num_classes, activation="relu" if args.model == "cnn-relu" else "none")
 
 
@@ -100,8 +100,37 @@ def _setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optim
     train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment,
                               normalize=norm)  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    lr = 0.01 if args.lr == "find" else args.lr  # "find": replaced by the finder's suggestion
+    if args.fine_tune:  # fine_tune builds its own AdamW groups; this one is what lr-find sweeps
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(trainable, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     return model, optimizer, train_data, held_out
+
+
+def _find_lr(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             data: TensorLoader) -> float:  # fmt: skip
+    """Run the finder as the run will train: with ``--fine-tune``, on the head alone (phase 1)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    if args.fine_tune:
+        freeze_features(model, head_of(model)[0])
+    try:
+        result = lr_find(model, data, optimizer=optimizer, device=args.device, steps=args.steps,
+                         loss_fn=CrossEntropyLoss(label_smoothing=args.label_smoothing))  # fmt: skip
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    print(f"lr-find: {len(result.lrs)} steps from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e} "
+          f"({result.stop_reason}); suggested learning rate {result.suggestion:.2e}")  # fmt: skip
+    if getattr(args, "output", None) is not None:
+        print(f"wrote {result.plot(args.output)}")
+    return result.suggestion
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    model, optimizer, train_data, _ = _setup(args)
+    _find_lr(args, model, optimizer, train_data)
+    return 0
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -117,16 +146,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     classes = held_out.classes
     device = resolve_device(args.device)
     eval_data = held_out.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
+    lr: float = _find_lr(args, model, optimizer, train_data) if args.lr == "find" else args.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     started = time.perf_counter()
     if device.type == "cpu":
         retain_cpu_memory()  # the command owns its process: glibc keeps activation buffers
-    train_loop(
-        model, train_data, epochs=args.epochs, optimizer=optimizer, device=device, eval_data=eval_data,
-        amp=_amp(args.amp), progress="lines" if args.quiet else True, checkpoint=args.checkpoint,
-        scheduler=_schedule(args, optimizer, len(train_data)),
-        loss_fn=CrossEntropyLoss(label_smoothing=args.label_smoothing),
-        callbacks=[TensorBoard(args.log_dir)] if args.log_dir is not None else [],
-    )  # fmt: skip
+    options = {
+        "device": device, "eval_data": eval_data, "amp": _amp(args.amp), "checkpoint": args.checkpoint,
+        "progress": "lines" if args.quiet else True, "loss_fn": CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        "callbacks": [TensorBoard(args.log_dir)] if args.log_dir is not None else [],
+    }  # fmt: skip
+    if args.fine_tune:
+        fine_tune(model, train_data, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=lr,
+                  weight_decay=args.weight_decay, **options)  # fmt: skip
+    else:
+        train_loop(model, train_data, epochs=args.epochs, optimizer=optimizer,
+                   scheduler=_schedule(args, optimizer, lr, len(train_data)), **options)  # fmt: skip
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     out = save(model, args.out, classes=classes)
@@ -146,9 +182,9 @@ LESSON_HINT = (
 )
 
 
-def _schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps: int) -> Scheduler | None:
+def _schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, lr: float, steps: int) -> Scheduler | None:
     if args.schedule == "onecycle":
-        return one_cycle(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps)
+        return one_cycle(optimizer, max_lr=lr, epochs=args.epochs, steps_per_epoch=steps)
     if args.schedule == "cosine":
         return cosine(optimizer, epochs=args.epochs, steps_per_epoch=steps, warmup_epochs=args.warmup_epochs)
     return None
@@ -220,6 +256,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learning_rate(value: str) -> float | str:
+    if value == "find":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        msg = f"{value!r} is neither a number nor 'find'"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cifarkit`` command."""
     parser = _Parser(prog="cifarkit", description="Train, evaluate and inspect CIFAR-10 classifiers.")
@@ -228,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = _Parser(add_help=False)  # the options train and doctor share
-    run.add_argument("--model", choices=["cnn", "cnn-relu", "vgg16"], default="cnn")
+    run.add_argument("--model", choices=["cnn", "cnn-relu", *BACKBONES], default="cnn",
+                     help="the tutorial's CNN, or a torchvision network (see cifarkit.backbones())")  # fmt: skip
     run.add_argument(
         "--data",
         default="synthetic",
@@ -236,11 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
     run.add_argument("--val-fraction", type=float, default=0.2, help="share of a folder's images held out")
-    run.add_argument("--weights", default=None, help="--model vgg16: 'imagenet' or a VGG16 state_dict file")
-    run.add_argument("--freeze-features", action="store_true", help="--model vgg16: train the head only")
+    run.add_argument("--weights", default=None, help="a torchvision --model: 'imagenet' or a state_dict file")
+    run.add_argument("--freeze-features", action="store_true", help="a torchvision --model: train the head only")
+    run.add_argument("--fine-tune", action="store_true", help="two phases: the head alone, then every layer "
+                     "with smaller rates for the early ones (cifarkit.fine_tune)")  # fmt: skip
+    run.add_argument("--freeze-epochs", type=int, default=1, help="--fine-tune: epochs of the head alone")
     run.add_argument("--epochs", type=int, default=5)
     run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--lr", type=float, default=0.01)
+    run.add_argument("--lr", type=_learning_rate, default=0.01, help="a number, or 'find': run lr-find first")
+    run.add_argument("--steps", type=int, default=100, help="lr-find (and --lr find): steps of the sweep")
     run.add_argument("--momentum", type=float, default=0.0)
     run.add_argument("--device", default="auto")
     run.add_argument("--train-count", type=int, default=10_000, help="synthetic images to train on")
@@ -259,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
     train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
     train.set_defaults(func=_cmd_train)
+    finder = sub.add_parser("lr-find", parents=[run], help="sweep the learning rate and suggest one (train's options)")
+    finder.add_argument("-o", "--output", default=None, metavar="PNG", help="draw the loss against the rate")
+    finder.set_defaults(func=_cmd_lr_find)
     check = sub.add_parser("doctor", parents=[run], help="check a training set-up before the run (train's options)")
     check.set_defaults(func=_cmd_doctor)
 
@@ -303,15 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors found before any work: each exits 2 with one line."""
-    for name in ("epochs", "batch_size", "train_count", "count", "top", "image_size"):
+    for name in ("epochs", "batch_size", "train_count", "count", "top", "image_size", "steps"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= getattr(args, "seed", 0) < 2**63:
         parser.error("--seed must be from 0 to 2**63 - 1")
-    if getattr(args, "model", "vgg16") != "vgg16" and (args.weights is not None or args.freeze_features):
-        parser.error("--weights and --freeze-features go with --model vgg16")
-    if getattr(args, "model", "vgg16") != "vgg16" and args.image_size != 32:
-        parser.error(f"--model {args.model} takes 32x32 images: use --image-size 32, or --model vgg16")
+    _check_model_options(parser, args)
     try:  # where the results go is checked before training, not discovered after it
         if hasattr(args, "device"):
             resolve_device(args.device)
@@ -324,6 +375,21 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             check_writable(Path(args.log_dir) / "history.json")
     except CifarkitError as exc:
         parser.error(str(exc))
+
+
+def _check_model_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if getattr(args, "model", None) not in ("cnn", "cnn-relu"):
+        if getattr(args, "fine_tune", False) and args.schedule != "none":
+            parser.error("--fine-tune has its own schedule (one cycle per phase): leave out --schedule")
+        if getattr(args, "freeze_epochs", 0) < 0:
+            parser.error("--freeze-epochs must be at least 0")
+        return
+    for flag, given in (("--weights", args.weights is not None), ("--freeze-features", args.freeze_features),
+                        ("--fine-tune", args.fine_tune)):  # fmt: skip
+        if given:
+            parser.error(f"{flag} goes with a torchvision network: --model resnet18 (see cifarkit.backbones())")
+    if args.image_size != 32:
+        parser.error(f"--model {args.model} takes 32x32 images: use --image-size 32, or --model resnet18")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,8 +9,13 @@ code                            what it means
                                 tutorial's own CNN)
 ``inputs-not-scaled``           the batch holds integers, or floats far above 1 (0-255 pixels)
 ``inputs-not-normalized``       the model's preprocessing record asks for a normalization
-                                (ImageNet's, for pretrained VGG16) that the data does not
+                                (ImageNet's, for pretrained weights) that the data does not
                                 apply
+``normalization-differs``       the data is normalized with another mean and std than the
+                                model's record (a pretrained network's weights') asks for
+``input-too-small``             a network pretrained on large pictures (224 pixels) gets
+                                pictures smaller than 64 (CIFAR's 32): little survives its
+                                downsampling
 ``frozen-params-in-optimizer``  the optimizer holds parameters with ``requires_grad=False``
 ``optimizer-not-on-model``      the optimizer holds parameters that are not the model's (built
                                 on another model, or before the model was rebuilt): its steps
@@ -143,6 +148,7 @@ def doctor(
     found: list[Finding] = []
     found += _check_inputs(x)
     found += _check_normalization(data, x, preprocessing_of(inner))
+    found += _check_input_size(x, preprocessing_of(inner))
     probe = copy.deepcopy(inner).to(dev).train()
     x_in, y_in = move_batch(x.float() if not x.is_floating_point() else x, y, dev, torch.contiguous_format)
     log = _CallLog()
@@ -203,7 +209,14 @@ def _check_normalization(data: Iterable[Any], x: torch.Tensor, record: Preproces
     imagenet = " (ImageNet's, for pretrained weights)" if tuple(record["mean"]) == IMAGENET_MEAN else ""
     if hasattr(data, "normalize_values"):
         given = data.normalize_values
-        wrong = given is None or (list(given[0]), list(given[1])) != (list(expected[0]), list(expected[1]))
+        if given is not None and (list(given[0]), list(given[1])) != (list(expected[0]), list(expected[1])):
+            return _found(
+                "normalization-differs",
+                f"the data is normalized with mean {list(given[0])}, std {list(given[1])}; the model "
+                f"expects mean {expected[0]}, std {expected[1]}{imagenet}",
+                f"build the loader with normalize=({expected[0]}, {expected[1]}): the weights' own",
+            )
+        wrong = given is None
     else:  # a plain loader: pixels still in [0, 1] mean no normalization was applied
         given = "none (values in [0, 1])"
         wrong = x.numel() > 0 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
@@ -214,6 +227,27 @@ def _check_normalization(data: Iterable[Any], x: torch.Tensor, record: Preproces
             f"build the loader with normalize=({expected[0]}, {expected[1]})",
         )
     return []
+
+
+#: A record asking for pictures this large marks a network pretrained on large pictures ...
+_LARGE_INPUT = 128
+#: ... and pictures smaller than this lose almost everything in its downsampling (32x, to 1x1).
+_SMALL_INPUT = 64
+
+
+def _check_input_size(x: torch.Tensor, record: Preprocess | None) -> list[Finding]:
+    size = None if record is None else record.get("input_size")
+    if not size or x.ndim != 4 or min(size) < _LARGE_INPUT or min(x.shape[-2:]) >= _SMALL_INPUT:
+        return []
+    height, width = size
+    return _found(
+        "input-too-small",
+        f"the network was pretrained on {height}x{width} pictures and gets {x.shape[-2]}x{x.shape[-1]} "
+        "ones: after its 32-fold downsampling almost nothing is left of them",
+        f"feed it pictures of {height}x{width} (load_image_folder(..., size={height}); cifarkit train "
+        f"--image-size {height}), or at least {_SMALL_INPUT} pixels a side; upsample small ones with "
+        f"torch.nn.functional.interpolate(x, size={height}, mode='bilinear')",
+    )
 
 
 def _check_nonlinearity(names: list[str]) -> list[Finding]:
