@@ -97,3 +97,19 @@ def test_apply_state_dict_loads_only_when_everything_fits() -> None:
         apply_state_dict(untouched, build_cnn(3).state_dict(), strict=True, source="three classes")
     assert same_weights(before, untouched)  # a refused load changes nothing
     assert diagnose_state_dict(build_cnn(), build_cnn(3).state_dict()).mismatched
+
+
+def test_a_torchvision_networks_appended_or_replaced_head_is_named() -> None:
+    from cifarkit import adapt
+
+    replaced, appended = adapt("resnet18", 5), adapt("resnet18", 5, strategy="append")
+    text = str(diagnose(appended, replaced.state_dict()))
+    assert "appended head at fc (strategy='append')" in text
+    text = str(diagnose(replaced, appended.state_dict()))
+    assert "the file has an appended head at fc" in text
+    mobile = adapt("mobilenet_v3_small", 5, strategy="append")
+    assert "appended head at classifier" in str(diagnose(adapt("mobilenet_v3_small", 5), mobile.state_dict()))
+    import torchvision
+
+    text = str(diagnose(replaced, torchvision.models.resnet18().state_dict()))
+    assert "un-adapted ImageNet head" in text and "cifarkit.adapt(network, weights=path)" in text

@@ -113,35 +113,25 @@ def _explain(diag: Diagnosis, model_keys: set[str], file_keys: set[str]) -> list
             "the model were built with different activation= or dropout= (ReLU and Dropout "
             "shift the layer numbers). Build the model with the same options as when saved."
         )
-    if any(k.startswith("classifier.add_linear.") for k in diag.unexpected):
-        out.append(
-            "the file has classifier.add_linear: it was saved after "
-            "adapt_vgg16(strategy='append'). Adapt the model with strategy='append' before "
-            "loading, or call cifarkit.load(path) which rebuilds it."
-        )
-    if any(k.startswith("classifier.add_linear.") for k in diag.missing):
-        out.append(
-            "the model has classifier.add_linear (strategy='append') but the file does not: "
-            "the file was saved from a 'replace'-adapted or an un-adapted VGG16. Build the model "
-            "the same way as the saved one."
-        )
+    out += _appended_heads(diag)
     for name, file_shape, model_shape in diag.mismatched:
         if not name.endswith(".weight") or len(file_shape) != 2 or len(model_shape) != 2:
             continue
         if file_shape[1] != model_shape[1] or file_shape[0] == model_shape[0]:
             continue
         layer = name.removesuffix(".weight")
-        if name == "classifier.6.weight" and file_shape[0] == 1000:
+        if file_shape[0] == 1000:
             out.append(
                 f"{layer} has 1000 outputs in the file and {model_shape[0]} in the model: the file "
                 "holds the un-adapted ImageNet head. Load it before adapting: "
-                "adapt_vgg16(weights=path), which swaps the head after loading."
+                "adapt_vgg16(weights=path) or cifarkit.adapt(network, weights=path), which swap the "
+                "head after loading."
             )
-        elif name == "classifier.6.weight" and model_shape[0] == 1000:
+        elif model_shape[0] == 1000:
             out.append(
                 f"{layer} has {file_shape[0]} outputs in the file and 1000 in the model: the file "
-                "was saved after adapt_vgg16(strategy='replace'). Adapt the model first "
-                f"(adapt_vgg16(model, num_classes={file_shape[0]})), or use cifarkit.load(path)."
+                "was saved after adapt_vgg16(strategy='replace') or cifarkit.adapt(...). Adapt the "
+                f"model first (num_classes={file_shape[0]}), or use cifarkit.load(path)."
             )
         else:
             out.append(
@@ -207,3 +197,27 @@ def apply_state_dict(
         inner.load_state_dict(diag.matching(), strict=False)
         warnings.warn(f"loaded {source} partially (strict=False): {diag}", stacklevel=3)
     return diag
+
+
+def _appended_heads(diag: Diagnosis) -> list[str]:
+    """An ``append``-adapted head on one side only: ``<block>.add_linear`` (in a classifier
+    ``Sequential``) or ``<head>.0``/``<head>.1`` (where the head was a bare ``Linear``)."""
+    out = []
+    for side, other in ((diag.unexpected, diag.missing), (diag.missing, diag.unexpected)):
+        appended = sorted({k.split(".add_linear.")[0] for k in side if ".add_linear." in k})
+        appended += sorted({k[: -len(".1.weight")] for k in side if k.endswith(".1.weight")
+                            and f"{k[: -len('.1.weight')]}.weight" in other})  # fmt: skip
+        for head in appended:
+            if side is diag.unexpected:
+                out.append(
+                    f"the file has an appended head at {head}: it was saved after "
+                    "adapt_vgg16/adapt(strategy='append'). Adapt the model with strategy='append' "
+                    "before loading, or call cifarkit.load(path) which rebuilds it."
+                )
+            else:
+                out.append(
+                    f"the model has an appended head at {head} (strategy='append') but the file "
+                    "does not: the file was saved from a 'replace'-adapted or an un-adapted "
+                    "network. Build the model the same way as the saved one."
+                )
+    return out
