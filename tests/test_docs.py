@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def test_the_guide_has_pages_with_examples() -> None:
         "real-run",
         "own-pictures",
         "anywhere",
+        "fine-tune",
     } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 
@@ -36,6 +38,8 @@ def test_the_guide_has_pages_with_examples() -> None:
 @pytest.mark.parametrize("page", [p for p in PAGES if FENCE.search(p.read_text())], ids=lambda p: p.stem)
 def test_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    for name, value in os.environ.items():  # a page may set variables (TORCH_HOME): undone after it
+        monkeypatch.setenv(name, value)
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for number, block in enumerate(FENCE.findall(page.read_text()), start=1):
         code = compile(block, f"{page.name} block {number}", "exec")
