@@ -35,6 +35,7 @@ from cifarkit.device import cpu_supports_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_speed  # benchmarks/export_speed.py: an exported program against eager PyTorch
+import finetune_speed  # benchmarks/finetune_speed.py: fine_tune and lr_find against hand loops
 import gpu  # benchmarks/gpu.py: the GPU variants
 
 HERE = Path(__file__).resolve().parent
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     results["rss_bytes_per_epoch"] = marks
     results["image_folder"] = image_folder_speed(args.quick)
     results["export"] = export_speed.export_speed(args.quick, measure)
+    results["finetune"] = finetune_speed.finetune_speed(args.quick, measure)
     if not args.quick:
         results["allocator"] = allocator_effect(args.quick)
         results["distributed_images_per_second"] = distributed_scaling(args.quick)
@@ -435,6 +437,13 @@ def gpu_main(device: torch.device, *, quick: bool, rounds: int, seconds: float, 
     return 0
 
 
+FINETUNE_TARGETS = (
+    ("fine_tune step, every layer (phase 2)", "phase2_ratio"),
+    ("fine_tune step, head alone (phase 1)", "phase1_ratio"),
+    ("lr_find sweep", "lr_find_ratio"),
+)
+
+
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     v = results["variants"]
     bf16 = results["machine"]["native_bf16"]
@@ -464,6 +473,19 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
             for what, key in (("batch 256 throughput", "throughput_ratio"), ("batch 1 latency", "latency_ratio"))
             if "export" in results
+        ),
+        *(
+            {
+                "what": f"{what} >= 0.95x the hand-written loop doing the same",
+                "measured": round(results["finetune"][key], 2),
+                "status": "met" if results["finetune"][key] >= 0.95 else "missed",
+            }
+            for what, key in (
+                ("fine_tune step, every layer (phase 2)", "phase2_ratio"),
+                ("fine_tune step, head alone (phase 1)", "phase1_ratio"),
+                ("lr_find sweep", "lr_find_ratio"),
+            )  # fmt: skip
+            if "finetune" in results
         ),
     ]
 
@@ -503,6 +525,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"load_image_folder: {f['files']} small PNG files at {f['files_per_second']:.0f} files/s")
     if "export" in results:
         lines += export_speed.lines(results["export"])
+    if "finetune" in results:
+        lines += finetune_speed.lines(results["finetune"])
     if "allocator" in results:
         a = results["allocator"]
         lines.append(

@@ -29,10 +29,13 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.95")
     assert figures["image_folder"]["files"] == 200 and figures["image_folder"]["files_per_second"] > 0
     assert figures["export"]["throughput_ratio"] > 0 and figures["export"]["latency_ratio"] > 0
-    assert [t["what"] for t in figures["targets"][-2:]] == [
+    assert [t["what"] for t in figures["targets"][-5:-3]] == [
         "exported ONNX program: batch 256 throughput >= 1.0x eager PyTorch",
         "exported ONNX program: batch 1 latency >= 1.0x eager PyTorch",
     ]
+    assert figures["finetune"]["phase2_ratio"] > 0 and figures["finetune"]["lr_find_ratio"] > 0
+    assert figures["targets"][-1]["what"] == "lr_find sweep >= 0.95x the hand-written loop doing the same"
+    assert "| cifarkit fine_tune, phase 2 |" in result.stdout
     assert "| onnxruntime, batch 256 |" in result.stdout
 
 
