@@ -484,7 +484,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ("fine_tune step, every layer (phase 2)", "phase2_ratio"),
                 ("fine_tune step, head alone (phase 1)", "phase1_ratio"),
                 ("lr_find sweep", "lr_find_ratio"),
-            )  # fmt: skip
+            )
             if "finetune" in results
         ),
     ]

@@ -20,6 +20,7 @@ round. ``bench.py`` calls :func:`finetune_speed`; run alone: ``python benchmarks
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -96,25 +97,29 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
         return run
 
     steps = 10 if quick else 100  # a sweep of 100 steps is 11 s here: too long for a smoke test
+    sweeper = _model()  # every sweep starts from the same weights: a trained model's tiny loss is
+    untrained = copy.deepcopy(sweeper.state_dict())  # noise, and the sweep would stop early on it
 
     def finder(n: int) -> int:
         sweeps = max(1, n // (steps * BATCH))
         for _ in range(sweeps):
-            found = cifarkit.lr_find(model, loader, steps=steps, end_lr=1e-3, device="cpu",
-                                     optimizer=torch.optim.SGD(model.parameters(), lr=1e-7))  # fmt: skip
+            sweeper.load_state_dict(untrained)
+            found = cifarkit.lr_find(sweeper, loader, steps=steps, end_lr=1e-3, device="cpu",
+                                     optimizer=torch.optim.SGD(sweeper.parameters(), lr=1e-7))  # fmt: skip
             assert len(found.lrs) == steps, found.stop_reason
         return sweeps * steps * BATCH
 
     def hand_sweep(n: int) -> int:
         sweeps = max(1, n // (steps * BATCH))
         for _ in range(sweeps):
-            optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)
+            sweeper.load_state_dict(untrained)
+            optimizer = torch.optim.SGD(sweeper.parameters(), lr=1e-7)
 
             def grow(i: int, optimizer: torch.optim.Optimizer = optimizer) -> None:
                 for group in optimizer.param_groups:
                     group["lr"] = 1e-7 * (1e-3 / 1e-7) ** ((i + 1) / (steps - 1))
 
-            _hand_steps(model, batches, optimizer, steps, grow)
+            _hand_steps(sweeper, batches, optimizer, steps, grow)
         return sweeps * steps * BATCH
 
     variants = {HAND_2: hand(False), OURS_2: ours(False), HAND_1: hand(True), OURS_1: ours(True),
