@@ -65,10 +65,10 @@ def _hand_steps(model: torch.nn.Module, batches: list[Any], optimizer: torch.opt
 
 def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
     """Figures of the six variants, as ``bench.measure`` returns them, and the three ratios."""
-    data = cifarkit.synthetic_cifar10(BATCH * BATCHES, seed=0)
-    loader = data.loader(batch_size=BATCH, seed=0)
+    size, count = (16, 2) if quick else (BATCH, BATCHES)  # --quick: a smoke test, in seconds
+    loader = cifarkit.synthetic_cifar10(size * count, seed=0).loader(batch_size=size, seed=0)
     batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in loader]
-    images = BATCH * BATCHES
+    images = size * count
     model = _model()
 
     def ours(frozen: bool) -> Any:
@@ -84,7 +84,7 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
         def run(n: int) -> int:
             epochs = max(1, n // images)
             optimizer = _optimizer(model)
-            steps = epochs * BATCHES
+            steps = epochs * count
             schedule = TwoPhaseSchedule(optimizer, frozen_steps=steps if frozen else 0,
                                         unfrozen_steps=0 if frozen else steps)  # fmt: skip
             freeze_features(model, "fc", frozen=frozen)
@@ -101,16 +101,16 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
     untrained = copy.deepcopy(sweeper.state_dict())  # noise, and the sweep would stop early on it
 
     def finder(n: int) -> int:
-        sweeps = max(1, n // (steps * BATCH))
+        sweeps = max(1, n // (steps * size))
         for _ in range(sweeps):
             sweeper.load_state_dict(untrained)
             found = cifarkit.lr_find(sweeper, loader, steps=steps, end_lr=1e-3, device="cpu",
                                      optimizer=torch.optim.SGD(sweeper.parameters(), lr=1e-7))  # fmt: skip
             assert len(found.lrs) == steps, found.stop_reason
-        return sweeps * steps * BATCH
+        return sweeps * steps * size
 
     def hand_sweep(n: int) -> int:
-        sweeps = max(1, n // (steps * BATCH))
+        sweeps = max(1, n // (steps * size))
         for _ in range(sweeps):
             sweeper.load_state_dict(untrained)
             optimizer = torch.optim.SGD(sweeper.parameters(), lr=1e-7)
@@ -120,7 +120,7 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
                     group["lr"] = 1e-7 * (1e-3 / 1e-7) ** ((i + 1) / (steps - 1))
 
             _hand_steps(sweeper, batches, optimizer, steps, grow)
-        return sweeps * steps * BATCH
+        return sweeps * steps * size
 
     variants = {HAND_2: hand(False), OURS_2: ours(False), HAND_1: hand(True), OURS_1: ours(True),
                 HAND_LR: hand_sweep, OURS_LR: finder}  # fmt: skip
