@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import cifarkit
-from cifarkit.models.backbones import freeze_features, layer_groups
+from cifarkit.models.zoo import freeze_features, layer_groups
 from cifarkit.schedules import TwoPhaseSchedule
 
 BATCH, BATCHES = 64, 8

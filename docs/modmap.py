@@ -23,9 +23,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("leaf helpers", ["device", "display", "losses", "schedules", "files.checksums", "files.writing"]),
     ("records and diagnoses", ["preprocess", "history", "grads", "files.archives", "files.diagnosis"]),
     (
-        "reading: files, batches, pictures, programs; the pre-flight doctor",
-        ["files.reading", "files.records", "loader", "images", "runtime", "doctor"]
-        + ["models.backbones", "models.summary"],
+        "reading: files, batches, pictures, programs; the pre-flight doctor; the networks' table",
+        ["files.reading", "files.records", "loader", "images", "runtime", "doctor", "models.zoo", "models.overview"],
     ),
     ("datasets, models, what a file holds, processes", ["data", "models", "files.inspection", "distributed"]),
     ("saving models, your own pictures, the step's helpers", ["files.saving", "folders", "steps"]),

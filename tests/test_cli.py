@@ -183,7 +183,7 @@ def test_every_listed_network_is_a_model_choice_and_fine_tune_options_are_checke
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from cifarkit.cli import build_parser
-    from cifarkit.models.backbones import BACKBONES
+    from cifarkit.models.zoo import BACKBONES
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     model = next(a for a in train._actions if a.dest == "model")

@@ -24,7 +24,7 @@ from cifarkit.errors import (
     WeightsUnavailableError,
 )
 from cifarkit.models import CifarCNN, get_build_record, imagenet_cache_path, rebuild
-from cifarkit.models.backbones import BACKBONES
+from cifarkit.models.zoo import BACKBONES
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 VGG16_PARAMS = 138_357_544  # torchvision's documented count for vgg16

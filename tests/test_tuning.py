@@ -19,7 +19,7 @@ from cifarkit import adapt, build_cnn, fine_tune, lr_find, synthetic_cifar10
 from cifarkit.data import ImageTensors
 from cifarkit.errors import EmptyDataError, InvalidOptionError
 from cifarkit.history import History
-from cifarkit.models.backbones import layer_groups
+from cifarkit.models.zoo import layer_groups
 from cifarkit.tuning import FineTune, suggest_lr
 
 

@@ -12,7 +12,7 @@ seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
 May import: cifarkit.callbacks, cifarkit.data, cifarkit.device, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.inspection, cifarkit.files.reading,
 cifarkit.files.saving, cifarkit.files.writing, cifarkit.folders, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.models, cifarkit.models.backbones, cifarkit.preprocess, cifarkit.runtime,
+cifarkit.losses, cifarkit.models, cifarkit.models.zoo, cifarkit.preprocess, cifarkit.runtime,
 cifarkit.schedules, cifarkit.train, cifarkit.tuning.
 """
 
@@ -44,7 +44,7 @@ from cifarkit.history import History
 from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
 from cifarkit.models import adapt, build_cnn, head_of
-from cifarkit.models.backbones import BACKBONES, freeze_features
+from cifarkit.models.zoo import BACKBONES, freeze_features
 from cifarkit.preprocess import Preprocess, preprocessing_of
 from cifarkit.runtime import FORMATS as EXPORT_FORMATS
 from cifarkit.runtime import load_exported

@@ -3,13 +3,13 @@ training with discriminative learning rates (:func:`fine_tune`, as fastai's ``fi
 
 :func:`fine_tune` is :func:`~cifarkit.train.train_loop` with three objects: an ``AdamW`` whose
 parameter groups run from the earliest layers to the head, a schedule that is one cycle per
-phase (:class:`~cifarkit.schedules.TwoPhaseSchedule`), and the :class:`FineTune` callback, which freezes the
-features for the first phase and unfreezes them for the second. Checkpoints, DDP, callbacks and
+phase (:class:`~cifarkit.schedules.TwoPhaseSchedule`), and the :class:`FineTune` callback, which
+freezes the features for the first phase and unfreezes them for the second. Checkpoints, DDP, callbacks and
 mixed precision are ``train_loop``'s own.
 
 May import: cifarkit.device, cifarkit.display, cifarkit.distributed, cifarkit.errors,
 cifarkit.files, cifarkit.files.checkpoints, cifarkit.history, cifarkit.loader, cifarkit.losses,
-cifarkit.models, cifarkit.models.backbones, cifarkit.schedules, cifarkit.train.
+cifarkit.models, cifarkit.models.zoo, cifarkit.schedules, cifarkit.train.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from torch import nn
 from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, resolve_device, unwrap_model
 from cifarkit.display import Progress, new_figure, save_or_return
 from cifarkit.distributed import context, shard_data
-from cifarkit.errors import EmptyDataError, InvalidOptionError, check_positive_int
+from cifarkit.errors import EmptyDataError, InvalidOptionError, MissingExtraError, check_positive_int
 from cifarkit.files import PathLike
 from cifarkit.files.checkpoints import random_states, set_random_states
 from cifarkit.history import History
 from cifarkit.loader import Batch, check_not_empty
 from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.models import head_of
-from cifarkit.models.backbones import freeze_features, layer_groups
+from cifarkit.models.zoo import feature_norms, freeze_features, layer_groups
 from cifarkit.schedules import TwoPhaseSchedule
 from cifarkit.train import train_loop
 
@@ -109,19 +109,13 @@ class FineTune:
         self._release()
         frozen = epoch < self.freeze_epochs
         freeze_features(self._model, self.head, frozen=frozen)
-        if frozen:
-            for name, module in self._model.named_modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _within(name, self.head):
-                    self._hooks.append(module.register_forward_pre_hook(_keep_in_eval))
+        norms = feature_norms(self._model, self.head) if frozen else []
+        self._hooks = [norm.register_forward_pre_hook(_keep_in_eval) for norm in norms]
 
     def _release(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-
-
-def _within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def _keep_in_eval(module: nn.Module, args: object) -> None:
@@ -165,7 +159,7 @@ def fine_tune(
     schedule peaking at ``lr``; every feature weight and batch-norm statistic stays bit-identical.
     Phase 2, ``epochs`` epochs: everything learns, on a new cycle, with discriminative learning
     rates: the head peaks at ``lr``, the earliest layers at ``lr / lr_mult``, the groups between
-    them spaced evenly on a log scale (:func:`~cifarkit.models.backbones.layer_groups` of the
+    them spaced evenly on a log scale (:func:`~cifarkit.models.zoo.layer_groups` of the
     :func:`~cifarkit.models.head_of`).
     The optimizer is ``AdamW`` over those groups. One :class:`~cifarkit.history.History` covers
     both phases; each epoch's ``phase`` says which it was.
@@ -178,12 +172,19 @@ def fine_tune(
         freeze_epochs: Epochs of phase 1 (the head only); 0 skips it.
         lr: Peak learning rate of the head (see :func:`lr_find`).
         lr_mult: How many times lower the earliest layers' peak is in phase 2.
-        eval_data, callbacks, checkpoint, loss_fn, device, amp, accumulate, max_grad_norm,
-        progress: As for :func:`~cifarkit.train.train_loop`. A checkpoint written in either phase
-            resumes in that phase, bit-identical on the CPU; under ``torchrun`` the model is
-            wrapped in DDP again when the features unfreeze.
+        eval_data: Evaluated after every epoch, as in :func:`~cifarkit.train.train_loop`.
+        callbacks: More callbacks, after the :class:`FineTune` one.
+        checkpoint: As in ``train_loop``: a checkpoint written in either phase resumes in that
+            phase, bit-identical on the CPU.
         head: The classifier module's name, for models :func:`cifarkit.adapt` did not build.
         weight_decay: ``AdamW``'s decoupled weight decay.
+        loss_fn: As in ``train_loop`` (default: cross-entropy).
+        device: As in ``train_loop``; under ``torchrun`` the model is wrapped in DDP again when
+            the features unfreeze, so what trains is what is kept in sync.
+        amp: Mixed precision, as in ``train_loop``.
+        accumulate: Batches per optimizer step, as in ``train_loop`` (the schedule counts steps).
+        max_grad_norm: Gradient clipping, as in ``train_loop``.
+        progress: As in ``train_loop``.
 
     Raises:
         InvalidOptionError: an unknown head, ``lr``/``lr_mult`` not positive, data without
@@ -312,7 +313,7 @@ class LRFindResult:
     def _repr_png_(self) -> bytes | None:
         try:
             fig = self.plot()
-        except Exception:
+        except MissingExtraError:  # without matplotlib a notebook shows the text
             return None
         png: bytes = fig._repr_png_()  # type: ignore[attr-defined]
         return png
@@ -325,7 +326,7 @@ def _batches(data: Iterable[Batch]) -> Iterator[Batch]:
             empty = False
             yield batch
         if empty:
-            msg = "lr_find got data that yields no batches"
+            msg = "lr_find got data that yields no batches (a one-shot iterator is used up after one pass)"
             raise EmptyDataError(msg)
 
 
@@ -375,7 +376,8 @@ def lr_find(
     Args:
         model: The classifier to train (its trainable parameters).
         data: Training batches, cycled through as often as ``steps`` needs.
-        start_lr, end_lr: The sweep's first and last learning rate.
+        start_lr: The sweep's first learning rate.
+        end_lr: Its last (unless the loss diverges first).
         steps: Optimizer steps (each one batch).
         optimizer: The optimizer of the run to come (default: plain SGD over the trainable
             parameters, as :func:`~cifarkit.train.train_loop`'s); every group gets the sweep's rate.
@@ -384,12 +386,10 @@ def lr_find(
         amp: Mixed precision, as in ``train_loop``.
 
     Returns:
-        An :class:`LRFindResult`; ``result.suggestion`` is the rate to train with, ``plot()``
-        draws the curve.
+        An :class:`LRFindResult`: ``suggestion`` is the rate to train with, ``plot()`` the curve.
 
     Raises:
-        InvalidOptionError: ``start_lr`` not below ``end_lr``, or either not positive;
-            ``steps < 2``.
+        InvalidOptionError: ``start_lr`` not below ``end_lr``, either not positive; ``steps < 2``.
 
     Example:
         >>> from cifarkit import build_cnn, synthetic_cifar10

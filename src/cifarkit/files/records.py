@@ -24,7 +24,7 @@ __all__ = ["BACKBONE_NAMES", "VGG_ARCHS", "BuildRecord", "validate_build_record"
 JSONScalar = str | int | float | bool | None
 #: The torchvision VGG architectures ``adapt_vgg16`` records (and ``rebuild`` accepts).
 VGG_ARCHS = tuple(f"{name}{bn}" for name in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in ("", "_bn"))
-#: The torchvision networks ``adapt`` records (the names of :data:`cifarkit.models.backbones.BACKBONES`;
+#: The torchvision networks ``adapt`` records (the names of :data:`cifarkit.models.zoo.BACKBONES`;
 #: a test keeps the two equal).
 BACKBONE_NAMES = (
     "resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",

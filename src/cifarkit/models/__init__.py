@@ -6,7 +6,7 @@ Every model built here remembers how it was built (a small JSON-serialisable
 :func:`cifarkit.load` turns back into the same architecture with no pickle and no class import.
 
 May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.diagnosis,
-cifarkit.files.reading, cifarkit.files.records, cifarkit.models.backbones, cifarkit.models.summary,
+cifarkit.files.reading, cifarkit.files.records, cifarkit.models.zoo, cifarkit.models.overview,
 cifarkit.preprocess.
 """
 
@@ -33,7 +33,8 @@ from cifarkit.files import PathLike
 from cifarkit.files.diagnosis import apply_state_dict
 from cifarkit.files.reading import read_state_dict
 from cifarkit.files.records import BuildRecord, validate_build_record
-from cifarkit.models.backbones import (
+from cifarkit.models.overview import LayerRow, ModelSummary, summary
+from cifarkit.models.zoo import (
     BACKBONES,
     Backbone,
     BackboneTable,
@@ -44,8 +45,7 @@ from cifarkit.models.backbones import (
     replace_head,
     weights_path,
 )
-from cifarkit.models.backbones import freeze_features as freeze_backbone
-from cifarkit.models.summary import LayerRow, ModelSummary, summary
+from cifarkit.models.zoo import freeze_features as freeze_backbone
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def adapt(
         strategy: ``"replace"`` swaps the last classification layer for a ``num_classes``-way one;
             ``"append"`` keeps the 1000-way layer and adds ``Linear(1000, num_classes)`` after it.
         freeze_features: ``requires_grad=False`` on everything but the classifier block (the
-            ``head`` of :class:`~cifarkit.models.backbones.Backbone`): train the head only.
+            ``head`` of :class:`~cifarkit.models.zoo.Backbone`): train the head only.
         progress: Show a progress bar while downloading.
 
     Raises:

@@ -11,7 +11,7 @@ from torchvision.models import get_model_weights
 from cifarkit import backbones
 from cifarkit.errors import InvalidOptionError
 from cifarkit.files.records import BACKBONE_NAMES
-from cifarkit.models.backbones import (
+from cifarkit.models.zoo import (
     BACKBONES,
     build_backbone,
     find_backbone,

@@ -27,6 +27,7 @@ __all__ = [
     "BackboneTable",
     "backbones",
     "build_backbone",
+    "feature_norms",
     "find_backbone",
     "freeze_features",
     "has_imagenet_head",
@@ -218,6 +219,18 @@ def freeze_features(model: nn.Module, head: str, *, frozen: bool = True) -> None
     for name, p in model.named_parameters():
         if not _in(name, head):
             p.requires_grad_(not frozen)
+
+
+def feature_norms(model: nn.Module, head: str) -> list[nn.Module]:
+    """The batch-norm layers outside the ``head`` block (their running statistics are features too).
+
+    Example:
+        >>> import torchvision
+        >>> len(feature_norms(torchvision.models.resnet18(), "fc"))
+        20
+    """
+    norms = nn.modules.batchnorm._BatchNorm
+    return [m for name, m in model.named_modules() if isinstance(m, norms) and not _in(name, head)]
 
 
 def _in(name: str, prefix: str) -> bool:
