@@ -227,7 +227,8 @@ def test_lr_find_plot_and_bad_options(tmp_path: Path) -> None:
     result = lr_find(build_cnn(activation="relu"), _data(64), steps=8, device="cpu")
     assert result.plot(tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert result._repr_png_()[:4] == b"\x89PNG"  # type: ignore[index]
-    assert result.plot().axes[0].get_xscale() == "log"
+    axes = result.plot().axes[0]
+    assert axes.get_xscale() == "log" and axes.get_ylim()[0] <= min(result.losses) <= axes.get_ylim()[1]
     with pytest.raises(InvalidOptionError, match="from start_lr up to end_lr"):
         lr_find(build_cnn(), _data(), start_lr=1.0, end_lr=0.1, device="cpu")
     with pytest.raises(InvalidOptionError, match="steps"):

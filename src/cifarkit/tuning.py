@@ -303,9 +303,9 @@ class LRFindResult:
         ax.plot(self.lrs, self.losses, color="0.8", label="loss")
         ax.plot(self.lrs, self.smoothed, label="smoothed")
         ax.axvline(self.suggestion, color="C3", linestyle="--", label=f"suggestion {self.suggestion:.1e}")
-        top = min(max(self.smoothed), 4 * min(self.smoothed)) if self.smoothed else 1.0
+        low, top = min(self.losses + self.smoothed), min(max(self.smoothed), 4 * min(self.smoothed))
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate finder")
-        ax.set_ylim(top=top * 1.05)
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))  # the sweep, not its blow-up
         ax.grid(alpha=0.3)
         ax.legend()
         return save_or_return(fig, path)
