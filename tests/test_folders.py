@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarkit import load_image_folder
-from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
+from cifarkit import ImageTensors, load_image_folder, synthetic_cifar10
+from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError, ShapeError
 from cifarkit.folders import is_image_folder
 from cifarkit.images import read_pixels
 
@@ -137,3 +137,22 @@ def test_tells_an_image_folder_from_a_cifar_folder(folder: Path, tmp_path: Path)
     assert is_image_folder(folder)
     (tmp_path / "c" / "cifar-10-batches-py").mkdir(parents=True)
     assert not is_image_folder(tmp_path / "c") and not is_image_folder(tmp_path / "c" / "nothing")
+
+
+def test_every_image_keeps_the_file_it_came_from_through_split_and_subset(folder: Path) -> None:
+    train, val = load_image_folder(folder, size=32, val_fraction=0.34, seed=1)
+    assert train.sources is not None and val.sources is not None
+    assert len(train.sources) == len(train) and len(val.sources) == len(val)
+    pictures = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    assert sorted(train.sources + val.sources) == pictures
+    for data in (train, val):  # each source is the picture at its index, under its class folder
+        for i, source in enumerate(data.sources or []):
+            assert torch.equal(data.images[i], read_pixels(source, 32))
+            assert Path(source).relative_to(folder).parts[0] == data.classes[int(data.labels[i])]
+    picked = train.subset(torch.tensor([2, 0]))
+    assert picked.sources == [train.sources[2], train.sources[0]]
+    mask = train.labels == 0
+    assert train.subset(mask).sources == [s for s, keep in zip(train.sources, mask.tolist(), strict=True) if keep]
+    assert synthetic_cifar10(4).sources is None and synthetic_cifar10(4).subset(torch.tensor([1])).sources is None
+    with pytest.raises(ShapeError, match="one file per image"):
+        ImageTensors(train.images, train.labels, train.classes, sources=["a.png"])

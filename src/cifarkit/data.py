@@ -50,12 +50,17 @@ class ImageTensors:
         labels: int64 tensor ``(N,)``.
         classes: class names, indexed by label.
         skipped: ``(file, reason)`` of the files a folder reader could not read.
+        sources: The file each image came from (read by
+            :func:`~cifarkit.folders.load_image_folder`); ``None`` for generated or CIFAR-10 data.
+            Kept by :meth:`subset` and the validation split, so a picture found wrong can be
+            found on disk.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list, compare=False)
+    sources: list[str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -63,6 +68,9 @@ class ImageTensors:
             raise ShapeError(msg)
         if self.labels.shape != (self.images.shape[0],):
             msg = f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+            raise ShapeError(msg)
+        if self.sources is not None and len(self.sources) != self.images.shape[0]:
+            msg = f"sources must name one file per image ({self.images.shape[0]}), got {len(self.sources)}"
             raise ShapeError(msg)
 
     def __len__(self) -> int:
@@ -74,14 +82,17 @@ class ImageTensors:
         return TensorLoader(self.images, self.labels, **{"classes": self.classes, **options})
 
     def subset(self, indices: torch.Tensor) -> ImageTensors:
-        """The images at ``indices`` (a copy), with the same class names.
+        """The images at ``indices`` (a copy), with the same class names and their sources.
 
         Example:
             >>> data = synthetic_cifar10(10)
             >>> len(data.subset(torch.tensor([0, 3])))
             2
         """
-        return ImageTensors(self.images[indices], self.labels[indices], list(self.classes))
+        if indices.dtype == torch.bool:
+            indices = indices.nonzero().reshape(-1)
+        sources = None if self.sources is None else [self.sources[i] for i in indices.reshape(-1).tolist()]
+        return ImageTensors(self.images[indices], self.labels[indices], list(self.classes), sources=sources)
 
 
 # --------------------------------------------------------------------------- real CIFAR-10

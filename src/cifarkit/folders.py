@@ -174,7 +174,8 @@ def load_image_folder(
             msg = f"class folder {base / name} holds no images ({', '.join(extensions)}); add some or remove the folder"
             raise DatasetFormatError(msg)
         files += [(path, label) for path in found]
-    arrays, labels, skipped = _decode(files, side, skip_errors=skip_errors, workers=workers, progress=progress)
+    arrays, labels, skipped, sources = _decode(files, side, skip_errors=skip_errors, workers=workers,
+                                               progress=progress)  # fmt: skip
     if skipped:
         shown = "; ".join(f"{path}: {why}" for path, why in skipped[:3])
         warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read ({shown})", stacklevel=2)
@@ -182,7 +183,7 @@ def load_image_folder(
         msg = f"none of the {len(files)} files under {base} could be read as an image"
         raise DatasetFormatError(msg)
     images = torch.stack(arrays)  # (N, 3, size, size) uint8
-    data = ImageTensors(images, torch.tensor(labels, dtype=torch.int64), list(names), skipped)
+    data = ImageTensors(images, torch.tensor(labels, dtype=torch.int64), list(names), skipped, sources)
     if val_fraction is None:
         return data
     train_idx, val_idx = _split(data.labels, val_fraction, seed)
@@ -224,7 +225,7 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable[[_T], _R], items: Sequence[_
 
 def _decode(
     files: list[tuple[Path, int]], size: tuple[int, int], *, skip_errors: bool, workers: int | None, progress: bool
-) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]]]:
+) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]], list[str]]:
     threads = workers or min(8, os.cpu_count() or 1)
 
     def read(item: tuple[Path, int]) -> torch.Tensor | ImageReadError:
@@ -236,6 +237,7 @@ def _decode(
     images: list[torch.Tensor] = []
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
+    sources: list[str] = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = _ordered(pool, read, files, window=4 * threads)
         for (path, label), result in zip(files, progress_bar(results, desc="reading images", enabled=progress)):
@@ -247,4 +249,5 @@ def _decode(
                 continue
             images.append(resize_pixels(result, size))  # one thread resizes: torch's small ops hold the GIL
             labels.append(label)
-    return images, labels, skipped
+            sources.append(str(path))
+    return images, labels, skipped, sources
