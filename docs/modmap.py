@@ -27,7 +27,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         ["files.reading", "files.records", "loader", "images", "runtime", "doctor", "models.zoo", "models.overview"],
     ),
     ("datasets, models, what a file holds, processes", ["data", "models", "files.inspection", "distributed"]),
-    ("saving models, your own pictures, the step's helpers", ["files.saving", "folders", "steps"]),
+    (
+        "saving models, your own pictures, the step's helpers, calibration",
+        ["files.saving", "folders", "steps", "evaluation.calibration"],
+    ),
     ("checkpoints, callbacks, evaluation", ["files.checkpoints", "callbacks", "evaluation"]),
     ("training, and leaving Python", ["train", "exporting"]),
     ("fine-tuning: the learning-rate finder, two phases", ["tuning"]),

@@ -26,7 +26,7 @@ from cifarkit import errors
 from cifarkit.callbacks import EarlyStopping, TensorBoard
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.doctor import DoctorReport, doctor
-from cifarkit.evaluation import EvalResult, Prediction, evaluate, predict
+from cifarkit.evaluation import CalibrationReport, EvalResult, Prediction, calibrate, evaluate, predict
 from cifarkit.exporting import ExportReport, export
 from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.files.diagnosis import Diagnosis
@@ -50,6 +50,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "CalibrationReport",
     "Checkpoint",
     "CifarCNN",
     "CrossEntropyLoss",
@@ -78,6 +79,7 @@ __all__ = [
     "adapt_vgg16",
     "backbones",
     "build_cnn",
+    "calibrate",
     "cosine",
     "cross_entropy",
     "diagnose",

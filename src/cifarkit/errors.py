@@ -18,6 +18,7 @@ import pickle
 
 __all__ = [
     "AlreadyAdaptedError",
+    "CalibrationError",
     "CifarkitError",
     "ClassIndexError",
     "CorruptCheckpointError",
@@ -211,6 +212,10 @@ class MissingExtraError(CifarkitError, ImportError):
 
 class ExportError(CifarkitError, RuntimeError):
     """A model could not be exported, or its exported program answers differently from the model."""
+
+
+class CalibrationError(CifarkitError, ValueError):
+    """No usable calibration temperature could be fitted (the logits do not separate the classes)."""
 
 
 class DistributedError(CifarkitError, RuntimeError):

@@ -69,8 +69,10 @@ class PixelPipeline(nn.Module):
     """Raw pixels to probabilities: the preprocessing record and the model as one program.
 
     Input ``pixels``: uint8 ``(B, H, W, 3)``, RGB. Outputs ``(probabilities, logits)``, float32
-    ``(B, C)``. A picture of the record's size is not resized (``torch.cond``); others go through
-    the same operations as :func:`~cifarkit.images.resize_pixels`.
+    ``(B, C)``; the probabilities are ``softmax(logits / temperature)`` with the record's
+    calibration temperature (1 without one). A picture of the record's size is not resized
+    (``torch.cond``); others go through the same operations as
+    :func:`~cifarkit.images.resize_pixels`.
 
     Example:
         >>> from cifarkit import build_cnn
@@ -88,6 +90,7 @@ class PixelPipeline(nn.Module):
         mean, std = record.get("mean"), record.get("std")
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).reshape(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).reshape(1, -1, 1, 1))
+        self.temperature = float(record.get("temperature") or 1.0)  # cifarkit.calibrate's, or 1
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.height, self.width)
@@ -102,7 +105,7 @@ class PixelPipeline(nn.Module):
         torch._check(x.shape[3] == self.width)
         x = (x / 255.0 - self.mean) / self.std
         logits = self.model(x).float()
-        return torch.softmax(logits, dim=1), logits
+        return torch.softmax(logits / self.temperature, dim=1), logits  # calibrated, as recorded
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,10 @@ def _record_for(model: nn.Module, input_size: int | Sequence[int] | None, classe
         msg = f"input_size {height}x{width} is over the {MAX_SIDE}-pixel limit of a record"
         raise InvalidOptionError(msg)
     names = classes if classes is not None else record.get("classes")
-    return make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names)
+    made = make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names)
+    if record.get("temperature") is not None:  # cifarkit.calibrate's: the program's probabilities use it
+        made["temperature"] = record["temperature"]
+    return made
 
 
 def _capture(pipeline: PixelPipeline, fmt: Format) -> Callable[[IO[bytes]], object]:

@@ -4,11 +4,13 @@ every model file, so that prediction and evaluation feed it what it was trained 
 A record is plain JSON::
 
     {"input_size": [32, 32], "channels": "RGB", "resize": "bilinear-antialias", "scale": "uint8 / 255",
-     "mean": [0.5, 0.5, 0.5] or None, "std": [0.25, 0.25, 0.25] or None, "classes": [...] or None}
+     "mean": [0.5, 0.5, 0.5] or None, "std": [0.25, 0.25, 0.25] or None, "classes": [...] or None,
+     "temperature": 1.7 (optional)}
 
 ``resize`` names how a picture of another size is brought to ``input_size`` (see
 :mod:`cifarkit.images`, which implements it, and :mod:`cifarkit.exporting`, which puts it in the
-exported program).
+exported program). ``temperature``, written by :func:`cifarkit.calibrate`, divides the logits
+before the softmax wherever probabilities are computed (:func:`probabilities`).
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
 
@@ -36,6 +38,7 @@ __all__ = [
     "make_record",
     "normalize",
     "preprocessing_of",
+    "probabilities",
     "set_preprocessing",
     "to_model_input",
     "validate_record",
@@ -46,6 +49,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The most classes a model file, a record or a build record may name.
 MAX_CLASSES = 100_000
+#: The bounds of a calibration temperature in a record (``probabilities`` divide the logits by it).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 #: The one resize method (float32 bilinear with antialiasing, rounded to uint8; see :mod:`cifarkit.images`).
 RESIZE_METHOD = "bilinear-antialias"
 _ATTR = "_cifarkit_preprocess"
@@ -109,6 +114,12 @@ def validate_record(record: object) -> Preprocess:
         raise bad("mean and std go together")
     if record.get("std") is not None and any(v <= 0 for v in record["std"]):
         raise bad("std must be positive")
+    temperature = record.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        and math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    ):  # fmt: skip
+        raise bad(f"temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}")
     classes = record.get("classes")
     if classes is not None and not (
         isinstance(classes, list) and len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
@@ -137,6 +148,18 @@ def set_preprocessing(model: nn.Module, record: Preprocess | None) -> None:
             delattr(inner, _ATTR)
         return
     setattr(inner, _ATTR, validate_record(record))
+
+
+def probabilities(logits: torch.Tensor, record: Preprocess | None) -> torch.Tensor:
+    """``softmax(logits / temperature)`` in float32: the probabilities a model's record asks for
+    (the temperature :func:`cifarkit.calibrate` fitted; 1 without one).
+
+    Example:
+        >>> probabilities(torch.tensor([[2.0, 0.0]]), {"temperature": 2.0}).tolist()  # doctest: +ELLIPSIS
+        [[0.731..., 0.268...]]
+    """
+    temperature = (record or {}).get("temperature") or 1.0
+    return torch.softmax(logits.float() / float(temperature), dim=1)
 
 
 def normalize(x: torch.Tensor, record: Preprocess | None) -> torch.Tensor:

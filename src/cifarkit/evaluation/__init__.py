@@ -1,10 +1,11 @@
 """How good is a model, and what it says of one's own pictures: mean loss, accuracy, per-class
-figures and the confusion matrix over held-out data (:func:`evaluate`), and the top classes of
-pictures with their names and probabilities (:func:`predict`, :func:`class_probabilities`).
+figures, calibration and the confusion matrix over held-out data (:func:`evaluate`), and the top
+classes of pictures with their names and probabilities (:func:`predict`,
+:func:`class_probabilities`). Calibrating the probabilities: :mod:`cifarkit.evaluation.calibration`.
 
 May import: cifarkit.device, cifarkit.display, cifarkit.distributed, cifarkit.errors,
-cifarkit.files, cifarkit.images, cifarkit.loader, cifarkit.losses, cifarkit.preprocess,
-cifarkit.steps.
+cifarkit.evaluation.calibration, cifarkit.files, cifarkit.images, cifarkit.loader, cifarkit.losses,
+cifarkit.preprocess, cifarkit.steps.
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ from torch import nn
 
 from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, resolve_device, unwrap_model
 from cifarkit.display import format_table, html_table, new_figure, save_or_return
-from cifarkit.distributed import context, shard_data
+from cifarkit.distributed import all_sum_tensor, context, shard_data
 from cifarkit.errors import EmptyDataError, InvalidOptionError
+from cifarkit.evaluation.calibration import CalibrationBins, CalibrationReport, calibrate
 from cifarkit.files import PathLike
 from cifarkit.images import image_batch
 from cifarkit.loader import Batch, check_not_empty, match_memory_format
 from cifarkit.losses import CrossEntropyLoss, LossFn
-from cifarkit.preprocess import Preprocess, normalize, preprocessing_of, to_model_input
+from cifarkit.preprocess import Preprocess, normalize, preprocessing_of, probabilities, to_model_input
 from cifarkit.steps import ClassMeter, Meter
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["EvalResult", "Prediction", "class_probabilities", "evaluate", "predict"]
+__all__ = ["CalibrationReport", "EvalResult", "Prediction", "calibrate", "class_probabilities", "evaluate", "predict"]
 
 
 _HEADERS = ("loss", "accuracy", "images")
@@ -59,6 +61,10 @@ class EvalResult:
     per_class_accuracy: list[float] = field(default_factory=list)
     #: ``(C, C)`` int64 counts, rows = true class, columns = predicted class.
     confusion: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: Expected calibration error (15 bins) of the probabilities (the record's temperature applied).
+    ece: float = math.nan
+    #: Mean negative log-likelihood of the true class under those probabilities.
+    nll: float = math.nan
 
     def __iter__(self) -> Iterator[float | int]:
         return iter((self.loss, self.accuracy, self.count))
@@ -153,6 +159,9 @@ def evaluate(
     every figure (the confusion matrix included) is summed over ranks. The per-class figures are
     counted on the device and read once, at the end.
 
+    ``EvalResult.ece`` and ``nll`` measure the probabilities, with the temperature of
+    :func:`~cifarkit.evaluation.calibration.calibrate` when the model's record has one.
+
     Args:
         topk: The k of the top-k accuracies in ``EvalResult.topk``; default ``(1, 5)``, or ``(1,)``
             for models with fewer than 5 classes.
@@ -178,6 +187,7 @@ def evaluate(
     record = preprocessing_of(inner)
     _warn_if_normalization_differs(data, record)
     meter = Meter(dev)
+    calibration = CalibrationBins(dev)
     classes: ClassMeter | None = None  # sized at the first batch, from the logits
     dtype = amp_dtype(amp, dev)
     was_training = inner.training
@@ -190,6 +200,7 @@ def evaluate(
                     x = to_model_input(x, record)
                 out = inner(x)
                 meter.add(loss_fn(out, y), out, y)
+                calibration.add(probabilities(out, record), y)
                 if classes is None:
                     c = int(out.shape[1])
                     classes = ClassMeter(c, topk=tuple(topk) if topk is not None else _default_topk(c), device=dev)
@@ -201,6 +212,9 @@ def evaluate(
         msg = "evaluate data yielded no batches (a one-shot iterator that was used up?)"
         raise EmptyDataError(msg)
     counts = classes.totals(ctx)
+    if ctx.active:
+        calibration.sums = all_sum_tensor(ctx, calibration.sums)
+        calibration.nll_sum = all_sum_tensor(ctx, calibration.nll_sum)
     return EvalResult(
         totals.loss_mean,
         totals.accuracy,
@@ -208,6 +222,8 @@ def evaluate(
         topk={k: hits / totals.images for k, hits in counts.topk_hits.items()},
         per_class_accuracy=counts.per_class_accuracy,
         confusion=counts.confusion,
+        ece=calibration.ece(),
+        nll=calibration.nll(),
     )
 
 
@@ -231,12 +247,15 @@ def _default_topk(num_classes: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Prediction:
     """The top class of one input: index, name (when known) and softmax probability; ``top`` holds
-    the ``top`` best ``(index, name, probability)``, best first."""
+    the ``top`` best ``(index, name, probability)``, best first. ``unknown`` is true when
+    ``predict(..., reject_below=p)`` refused to name a class (the top probability was below
+    ``p``): ``label`` is then ``None``."""
 
     index: int
     label: str | None
     probability: float
     top: tuple[tuple[int, str | None, float], ...] = ()
+    unknown: bool = False
 
 
 def class_probabilities(
@@ -251,7 +270,8 @@ def class_probabilities(
     The eager pipeline every exported program is checked against: pictures through the one
     picture path (:func:`~cifarkit.images.image_batch`) at ``size`` (default: the record's
     ``input_size``, else 32), scaled, normalized as recorded, the model in eval mode under
-    ``torch.inference_mode()`` (its mode is restored afterwards), softmax.
+    ``torch.inference_mode()`` (its mode is restored afterwards), softmax of the logits divided
+    by the record's calibration temperature (1 without one).
 
     Example:
         >>> import torch
@@ -271,7 +291,7 @@ def class_probabilities(
     inner.eval()
     try:
         with torch.inference_mode():
-            return torch.softmax(inner(x.to(dev)).float(), dim=1).cpu()
+            return probabilities(inner(x.to(dev)), record).cpu()  # calibrated when the record says so
     finally:
         inner.train(was_training)
 
@@ -284,6 +304,7 @@ def predict(
     device: str | torch.device = "auto",
     size: int | Sequence[int] | None = None,
     top: int = 1,
+    reject_below: float | None = None,
 ) -> list[Prediction]:
     """Classify your own pictures: file paths, PIL images, or tensors ``(3, H, W)``/``(N, 3, H, W)``.
 
@@ -297,10 +318,15 @@ def predict(
 
     Args:
         top: How many classes each :class:`Prediction` lists in ``top``, best first.
+        reject_below: Answer ``label=None`` (``unknown=True``) for a picture whose top
+            probability is below this: "none of these". Calibrate first
+            (:func:`~cifarkit.evaluation.calibration.calibrate`), so the probabilities mean what
+            they say; its report shows the share kept at a few thresholds.
 
     Raises:
         ImageReadError: a file is missing or not an image (the message names it).
-        InvalidOptionError: ``top`` outside 1 to the number of classes.
+        InvalidOptionError: ``top`` outside 1 to the number of classes; ``reject_below`` outside
+            [0, 1].
 
     Example:
         >>> import torch
@@ -315,10 +341,15 @@ def predict(
     if not isinstance(top, int) or not 1 <= top <= probs.shape[1]:
         msg = f"top={top!r} is not valid: the model has {probs.shape[1]} classes; use 1 to {probs.shape[1]}"
         raise InvalidOptionError(msg)
+    if reject_below is not None and not (isinstance(reject_below, (int, float)) and 0 <= reject_below <= 1):
+        msg = f"reject_below={reject_below!r} is not a probability: use a number from 0 to 1 (e.g. 0.7)"
+        raise InvalidOptionError(msg)
     names = list(classes) if classes is not None else []
     top_p, top_i = probs.topk(top, dim=1)
     preds = []
     for ps, idx in zip(top_p.tolist(), top_i.tolist()):
         ranked = tuple((i, names[i] if i < len(names) else None, p) for i, p in zip(idx, ps))
-        preds.append(Prediction(*ranked[0], top=ranked))
+        unknown = reject_below is not None and ps[0] < reject_below
+        index, label, probability = ranked[0]
+        preds.append(Prediction(index, None if unknown else label, probability, top=ranked, unknown=unknown))
     return preds
