@@ -31,7 +31,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         "saving models, your own pictures, the step's helpers, calibration",
         ["files.saving", "folders", "steps", "evaluation.calibration"],
     ),
-    ("checkpoints, callbacks, evaluation", ["files.checkpoints", "callbacks", "evaluation"]),
+    (
+        "checkpoints, callbacks, evaluation",
+        ["files.checkpoints", "callbacks", "evaluation", "evaluation.interpretation"],
+    ),
     ("training, and leaving Python", ["train", "exporting"]),
     ("fine-tuning: the learning-rate finder, two phases", ["tuning"]),
     ("the command and the face", ["cli", "__init__"]),

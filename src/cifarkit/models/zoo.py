@@ -53,6 +53,8 @@ class Backbone:
         last: The dotted path of the 1000-way ``nn.Linear`` that ``strategy="replace"`` swaps.
         depth: The depth of the parameter names at which the feature layers are grouped, earliest
             first, for discriminative learning rates (``layer1`` at 1, ``features.3`` at 2).
+        cam_layer: The layer whose output Grad-CAM explains (the last block of the features,
+            where the pictures are smallest and the features most abstract).
         input_size: The side of the pictures the weights were trained on.
     """
 
@@ -62,6 +64,7 @@ class Backbone:
     head: str
     last: str
     depth: int
+    cam_layer: str
     input_size: int = 224
 
     @property
@@ -74,16 +77,18 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("resnet18", 11_689_512, "resnet18-f37072fd.pth", "fc", "fc", 1),
-        Backbone("resnet50", 25_557_032, "resnet50-11ad3fa6.pth", "fc", "fc", 1),
-        Backbone("mobilenet_v3_small", 2_542_856, "mobilenet_v3_small-047dcff4.pth", "classifier", "classifier.3", 2),
-        Backbone("mobilenet_v3_large", 5_483_032, "mobilenet_v3_large-5c1a4163.pth", "classifier", "classifier.3", 2),
-        Backbone(
-            "efficientnet_b0", 5_288_548, "efficientnet_b0_rwightman-7f5810bc.pth", "classifier", "classifier.1", 2
-        ),
-        Backbone("convnext_tiny", 28_589_128, "convnext_tiny-983f1562.pth", "classifier", "classifier.2", 2),
-        Backbone("regnet_y_400mf", 4_344_144, "regnet_y_400mf-e6988f5f.pth", "fc", "fc", 2),
-        Backbone("vgg16", 138_357_544, "vgg16-397923af.pth", "classifier", "classifier.6", 2),
+        Backbone("resnet18", 11_689_512, "resnet18-f37072fd.pth", "fc", "fc", 1, "layer4"),
+        Backbone("resnet50", 25_557_032, "resnet50-11ad3fa6.pth", "fc", "fc", 1, "layer4"),
+        Backbone("mobilenet_v3_small", 2_542_856, "mobilenet_v3_small-047dcff4.pth", "classifier",
+                 "classifier.3", 2, "features.12"),
+        Backbone("mobilenet_v3_large", 5_483_032, "mobilenet_v3_large-5c1a4163.pth", "classifier",
+                 "classifier.3", 2, "features.16"),
+        Backbone("efficientnet_b0", 5_288_548, "efficientnet_b0_rwightman-7f5810bc.pth", "classifier",
+                 "classifier.1", 2, "features.8"),
+        Backbone("convnext_tiny", 28_589_128, "convnext_tiny-983f1562.pth", "classifier", "classifier.2", 2,
+                 "features.7"),
+        Backbone("regnet_y_400mf", 4_344_144, "regnet_y_400mf-e6988f5f.pth", "fc", "fc", 2, "trunk_output"),
+        Backbone("vgg16", 138_357_544, "vgg16-397923af.pth", "classifier", "classifier.6", 2, "features.29"),
     )
 }  # fmt: skip
 
