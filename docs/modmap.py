@@ -35,9 +35,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         "checkpoints, callbacks, evaluation",
         ["files.checkpoints", "callbacks", "evaluation", "evaluation.interpretation"],
     ),
-    ("training, and leaving Python", ["train", "exporting"]),
+    ("training, leaving Python, the report", ["train", "exporting", "evaluation.report"]),
     ("fine-tuning: the learning-rate finder, two phases", ["tuning"]),
-    ("the command and the face", ["cli", "__init__"]),
+    ("the commands", ["cli.commands"]),
+    ("the command line and the face", ["cli", "__init__"]),
     ("python -m cifarkit", ["__main__"]),
 ]
 

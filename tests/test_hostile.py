@@ -362,7 +362,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], capsys: Any) -> None
 
 @pytest.mark.parametrize("where", ["dir", "under-file", "fifo", "log-dir-file"])
 def test_outputs_are_checked_before_training(tmp_path: Path, where: str, capsys: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr("cifarkit.cli.train_loop", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("cifarkit.cli.commands.train_loop", lambda *a, **k: pytest.fail("training started"))
     (tmp_path / "file").write_bytes(b"x")
     os.mkfifo(tmp_path / "fifo")
     option = {"dir": ["--out", str(tmp_path)], "under-file": ["--out", str(tmp_path / "file" / "m.pt")],

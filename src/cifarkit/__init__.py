@@ -15,7 +15,8 @@ May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
 cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
 cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.grads,
 cifarkit.history, cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.preprocess,
-cifarkit.runtime, cifarkit.schedules, cifarkit.train, cifarkit.tuning (never the command line).
+cifarkit.runtime, cifarkit.schedules, cifarkit.train, cifarkit.tuning, cifarkit.evaluation.interpretation,
+cifarkit.evaluation.report (never the command line).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from cifarkit.callbacks import EarlyStopping, TensorBoard
 from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
 from cifarkit.doctor import DoctorReport, doctor
 from cifarkit.evaluation import CalibrationReport, EvalResult, Prediction, calibrate, evaluate, predict
+from cifarkit.evaluation.interpretation import Interpretation, interpret
+from cifarkit.evaluation.report import write_report
 from cifarkit.exporting import ExportReport, export
 from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from cifarkit.files.diagnosis import Diagnosis
@@ -65,6 +68,7 @@ __all__ = [
     "GradReport",
     "History",
     "ImageTensors",
+    "Interpretation",
     "L1Loss",
     "LRFindResult",
     "Loader",
@@ -90,6 +94,7 @@ __all__ = [
     "fine_tune",
     "grad_report",
     "inspect",
+    "interpret",
     "l1_loss",
     "load",
     "load_checkpoint",
@@ -108,4 +113,5 @@ __all__ = [
     "train_loop",
     "train_one_epoch",
     "watch_step",
+    "write_report",
 ]

@@ -168,8 +168,9 @@ def _logits_and_labels(
     return torch.cat(outputs), torch.cat(labels), size
 
 
-def _fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature minimising the mean NLL: a 1-D convex problem in log T, by L-BFGS."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature ``T`` minimising the mean NLL of ``softmax(logits / T)``: a 1-D problem in
+    ``log T``, solved by L-BFGS in float64 (the model is not involved)."""
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     logits64 = logits.double()
     solver = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
@@ -218,7 +219,7 @@ def calibrate(model: nn.Module, val_data: Iterable[Batch], *, device: str | torc
         )
         raise ShapeError(msg)
     all_right = bool((logits.argmax(1) == labels).all())  # then the NLL only falls as T -> 0
-    temperature = math.nan if all_right else _fit_temperature(logits, labels)
+    temperature = math.nan if all_right else fit_temperature(logits, labels)
     if not (math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
         msg = (
             f"no usable temperature (fitted: {temperature!r}; allowed: {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}): "

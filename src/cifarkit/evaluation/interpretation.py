@@ -129,6 +129,7 @@ class Interpretation:
         losses: ``(N,)`` loss of each picture.
         probs: ``(N, C)`` probabilities (the record's calibration temperature applied).
         labels: ``(N,)`` true classes.
+        logits: ``(N, C)`` the model's outputs.
         predicted: ``(N,)`` predicted classes.
         classes: Class names (the data's, else the model's, else the indices).
         sources: The file of each picture, or ``None`` (generated data, a plain loader).
@@ -140,6 +141,7 @@ class Interpretation:
         self.pictures = pictures  # uint8 (N, 3, H, W) as the model saw them, before normalization
         self.labels, self.losses, self.classes, self.sources = labels, losses, classes, sources
         self.record: Preprocess = preprocessing_of(model) or {}
+        self.logits = logits
         self.probs = probabilities(logits, self.record)
         self.predicted = logits.argmax(1)
 
