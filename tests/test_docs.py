@@ -31,6 +31,7 @@ def test_the_guide_has_pages_with_examples() -> None:
         "own-pictures",
         "anywhere",
         "fine-tune",
+        "trust",
     } <= names
     assert sum(len(FENCE.findall(p.read_text())) for p in PAGES) >= 20
 
