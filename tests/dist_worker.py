@@ -26,7 +26,8 @@ def main() -> None:
                              device="cpu", checkpoint=out / "ck.pt")  # fmt: skip
         torch.save(model.state_dict(), out / f"rank{rank}.pt")
         result = evaluate(model, eval_data, device="cpu")  # each rank its shard, counts summed over ranks
-        figures = {"confusion": result.confusion.tolist(), "topk": result.topk, "count": result.count}
+        figures = {"confusion": result.confusion.tolist(), "topk": result.topk, "count": result.count,
+                   "ece": result.ece, "nll": result.nll}  # fmt: skip
         (out / f"rank{rank}.json").write_text(
             json.dumps({"history": history.to_dict(), "threads": torch.get_num_threads(), "evaluate": figures})
         )

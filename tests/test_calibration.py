@@ -73,6 +73,10 @@ def test_the_temperature_travels_through_save_load_and_export(overconfident: nn.
     torch.testing.assert_close(class_probabilities(program, pictures, device="cpu"), expected, atol=1e-5, rtol=0)
     probs, logits = program.run(pictures.permute(0, 2, 3, 1).numpy())
     torch.testing.assert_close(torch.from_numpy(probs), torch.softmax(torch.from_numpy(logits) / report.temperature, 1))
+    pytest.importorskip("onnxruntime")
+    onnx = cifarkit.load_exported(cifarkit.export(again, tmp_path / "m.onnx").path)
+    assert onnx.preprocess["temperature"] == report.temperature  # in the file's metadata_props
+    torch.testing.assert_close(class_probabilities(onnx, pictures, device="cpu"), expected, atol=1e-5, rtol=0)
 
 
 def test_reject_below_answers_unknown(overconfident: nn.Module) -> None:

@@ -79,6 +79,9 @@ def test_two_ranks_match_one_process_over_the_same_global_batches(tmp_path: Path
         # same weights, other batch shapes: at most a float-rounding tie may flip one prediction
         assert int((confusion - expected.confusion).abs().sum()) <= 2  # type: ignore[operator]
         assert {int(k): v for k, v in h["evaluate"]["topk"].items()} == pytest.approx(expected.topk, abs=1 / 200)
+        # calibration figures are sums over bins and pictures: every picture counted once, on any rank
+        assert h["evaluate"]["ece"] == pytest.approx(expected.ece, abs=0.02)
+        assert h["evaluate"]["nll"] == pytest.approx(expected.nll, rel=1e-3)
     raw = torch.load(tmp_path / "ck.pt", weights_only=True)  # written by rank 0 only
     assert raw["epoch"] == 2 and not any(k.startswith("module.") for k in raw["model"]["state_dict"])
 
