@@ -31,6 +31,7 @@ __all__ = [
     "Medium",
     "Progress",
     "ProgressReport",
+    "figure_png",
     "format_table",
     "html_table",
     "medium",
@@ -134,11 +135,12 @@ def new_figure(what: str, **options: Any) -> Figure:
         raise MissingExtraError(msg) from exc
     fig = Figure(**options)
     # Without pyplot nothing registers a display hook for figures: give this one its own.
-    setattr(fig, "_repr_png_", lambda: _png(fig))  # noqa: B010
+    setattr(fig, "_repr_png_", lambda: figure_png(fig))  # noqa: B010
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for a notebook, or a ``data:`` URI in an HTML page)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cifarkit.device import Amp, amp_dtype, autocast, move_batch, place_model, resolve_device, unwrap_model
-from cifarkit.display import Progress, new_figure, save_or_return
+from cifarkit.display import Progress, figure_png, new_figure, save_or_return
 from cifarkit.distributed import context, shard_data
 from cifarkit.errors import EmptyDataError, InvalidOptionError, MissingExtraError, check_positive_int
 from cifarkit.files import PathLike
@@ -315,8 +315,7 @@ class LRFindResult:
             fig = self.plot()
         except MissingExtraError:  # without matplotlib a notebook shows the text
             return None
-        png: bytes = fig._repr_png_()  # type: ignore[attr-defined]
-        return png
+        return figure_png(fig)
 
 
 def _batches(data: Iterable[Batch]) -> Iterator[Batch]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cifarkit.display import html_table
+from cifarkit.display import figure_png, html_table
 from cifarkit.evaluation import evaluate
 from cifarkit.evaluation.calibration import CalibrationBins, fit_temperature
 from cifarkit.evaluation.interpretation import Interpretation, interpret
@@ -46,8 +46,7 @@ _STYLE = (
 
 
 def _figure_uri(fig: Figure) -> str:
-    png: bytes = fig._repr_png_()  # type: ignore[attr-defined]  # new_figure gives every figure one
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig)).decode("ascii")
 
 
 def _calibration_rows(found: Interpretation) -> tuple[list[tuple[str, ...]], str]:
@@ -77,7 +76,9 @@ def _sections(model: nn.Module, data: Any, found: Interpretation, k: int, heatma
     rows = [(str(r.index), html.escape(r.source or "—"), r.true, r.predicted, f"{r.loss:.3f}", f"{r.probability:.1%}")
             for r in found.top_losses(k)]  # fmt: skip
     calibration, note = _calibration_rows(found)
-    confusion_uri = _figure_uri(result.plot_confusion(classes=names))  # type: ignore[arg-type]
+    confusion = result.plot_confusion(classes=names)
+    assert not isinstance(confusion, Path)  # no path given: the figure itself
+    confusion_uri = _figure_uri(confusion)
     worst_uri = _figure_uri(found.plot_top_losses(k, heatmap=heatmap))
     return [
         f"<h2>Accuracy</h2><p><b>{result.accuracy:.2%}</b> of {result.count:,} pictures; mean loss "
