@@ -43,7 +43,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, 
     train = cifarkit.ImageTensors(train.images, train.labels, list(CLASSES))
     torch.manual_seed(0)
     model = build_cnn(3, activation="relu")
-    cifarkit.train_loop(model, train.loader(batch_size=32, seed=0), epochs=5, device="cpu", progress=False,
+    cifarkit.train_loop(model, train.loader(batch_size=32, seed=0), epochs=3, device="cpu", progress=False,
                         optimizer=torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9))  # fmt: skip
     paths = _write(root / "check", synthetic_cifar10(300, seed=1), 300)
     wrong = []

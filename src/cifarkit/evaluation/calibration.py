@@ -61,7 +61,7 @@ class CalibrationBins:
         self.nll_sum -= picked.double().log().sum()
 
     def ece(self) -> float:
-        """Sum over bins of (share of images) x |accuracy - mean confidence|; nan without images."""
+        """Sum over bins of (share of images) x ``|accuracy - mean confidence|``; nan without images."""
         count, confidence, correct = self.sums.cpu().unbind(0)
         total = float(count.sum())
         return float((confidence - correct).abs().sum()) / total if total else math.nan
