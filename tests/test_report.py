@@ -96,3 +96,16 @@ def test_nothing_is_written_when_the_report_fails(tmp_path: Path) -> None:
     with pytest.raises(ClassIndexError):
         write_report(build_cnn(3), synthetic_cifar10(30), out, heatmap=False, device="cpu")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_pages_figures_are_evaluates_from_one_pass(model: torch.nn.Module) -> None:
+    from cifarkit.evaluation.report import _figures
+
+    data = synthetic_cifar10(300, seed=9)
+    page = _figures(cifarkit.interpret(model, data, device="cpu"))
+    expected = cifarkit.evaluate(model, data.loader(batch_size=64, shuffle=False), device="cpu")
+    assert page.count == expected.count and page.accuracy == pytest.approx(expected.accuracy)
+    assert page.loss == pytest.approx(expected.loss, rel=1e-5)
+    assert page.topk == pytest.approx(expected.topk)
+    assert torch.equal(page.confusion, expected.confusion)  # type: ignore[arg-type]
+    assert page.per_class_accuracy == pytest.approx(expected.per_class_accuracy, nan_ok=True)

@@ -40,7 +40,7 @@ from cifarkit.schedules import Scheduler, cosine, one_cycle
 from cifarkit.train import train_loop
 from cifarkit.tuning import fine_tune, lr_find
 
-__all__ = ["BACKBONES", "LESSON_HINT"]
+__all__ = ["LESSON_HINT"]
 
 
 def _data(spec: str, *, train: bool, count: int, seed: int) -> ImageTensors:

@@ -5,7 +5,7 @@ The file is self-contained (every picture and plot inline as a ``data:`` URI, no
 from elsewhere) and written atomically: on any failure nothing is written.
 
 May import: cifarkit.display, cifarkit.errors, cifarkit.evaluation, cifarkit.evaluation.calibration,
-cifarkit.evaluation.interpretation, cifarkit.files, cifarkit.files.writing.
+cifarkit.evaluation.interpretation, cifarkit.files, cifarkit.files.writing, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from cifarkit.display import figure_png, html_table
-from cifarkit.evaluation import evaluate
+from cifarkit.evaluation import EvalResult
 from cifarkit.evaluation.calibration import CalibrationBins, fit_temperature
 from cifarkit.evaluation.interpretation import Interpretation, interpret
 from cifarkit.files import PathLike
 from cifarkit.files.writing import atomic_write
+from cifarkit.preprocess import probabilities
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -58,14 +59,24 @@ def _calibration_rows(found: Interpretation) -> tuple[list[tuple[str, ...]], str
     rows: list[tuple[str, ...]] = []
     for name, t in (("plain softmax", 1.0), ("calibrated", temperature)):
         bins = CalibrationBins(torch.device("cpu"))
-        bins.add(torch.softmax(found.logits / t, dim=1), found.labels)
+        bins.add(probabilities(found.logits, {"temperature": t}), found.labels)
         rows.append((name, f"{bins.ece():.4f}", f"{bins.nll():.4f}"))
     return rows, note
 
 
-def _sections(model: nn.Module, data: Any, found: Interpretation, k: int, heatmap: bool, device: Any) -> list[str]:
-    loader = data.loader(batch_size=256, shuffle=False) if hasattr(data, "loader") else data
-    result = evaluate(model, loader, device=device)
+def _figures(found: Interpretation) -> EvalResult:
+    """``evaluate``'s figures from what :func:`interpret` kept: no second pass over the pictures."""
+    n = len(found.classes)
+    confusion = torch.bincount(found.labels * n + found.predicted, minlength=n * n).reshape(n, n)
+    counts = confusion.sum(1)
+    per_class = [float(confusion[c, c] / counts[c]) if int(counts[c]) else math.nan for c in range(n)]
+    ranked = found.logits.topk(min(5, n), dim=1).indices
+    topk = {j: float((ranked[:, :j] == found.labels[:, None]).any(1).float().mean()) for j in sorted({1, min(5, n)})}
+    return EvalResult(float(found.losses.mean()), topk[1], len(found), topk, per_class, confusion)
+
+
+def _sections(found: Interpretation, k: int, heatmap: bool) -> list[str]:
+    result = _figures(found)
     names = found.classes
     counts = result.confusion.sum(1).tolist() if result.confusion is not None else []
     accuracy = result.per_class_accuracy
@@ -102,6 +113,9 @@ def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, he
                  device: str | torch.device = "auto", title: str | None = None) -> Path:  # fmt: skip
     """Write one self-contained HTML page about ``model`` on the labelled pictures ``data``.
 
+    The model runs once over the pictures (:func:`~cifarkit.evaluation.interpretation.interpret`);
+    every figure of the page comes from that pass, the heatmaps of the shown pictures aside.
+
     Args:
         model: The trained classifier (its record's calibration temperature is used).
         data: An :class:`~cifarkit.data.ImageTensors` (from ``load_image_folder``: the worst
@@ -125,7 +139,7 @@ def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, he
     """
     found = interpret(model, data, device=device)
     heading = title or f"cifarkit report, {datetime.datetime.now():%Y-%m-%d %H:%M}"
-    body = "".join(_sections(model, data, found, k, heatmap, device))
+    body = "".join(_sections(found, k, heatmap))
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
             f"{_STYLE}</head><body><h1>{html.escape(heading)}</h1>{body}{_LOAD_CHECK}</body></html>")  # fmt: skip
     return atomic_write(path, lambda handle: handle.write(page.encode("utf-8")))
