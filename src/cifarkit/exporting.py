@@ -163,10 +163,8 @@ def _record_for(model: nn.Module, input_size: int | Sequence[int] | None, classe
         msg = f"input_size {height}x{width} is over the {MAX_SIDE}-pixel limit of a record"
         raise InvalidOptionError(msg)
     names = classes if classes is not None else record.get("classes")
-    made = make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names)
-    if record.get("temperature") is not None:  # cifarkit.calibrate's: the program's probabilities use it
-        made["temperature"] = record["temperature"]
-    return made
+    return make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names,
+                       temperature=record.get("temperature"))  # fmt: skip
 
 
 def _capture(pipeline: PixelPipeline, fmt: Format) -> Callable[[IO[bytes]], object]:

@@ -63,24 +63,27 @@ def make_record(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
+    temperature: float | None = None,
 ) -> Preprocess:
-    """A record: input size, RGB channels, uint8 scaled by 1/255, then ``(x - mean) / std``.
+    """A record: input size, RGB channels, uint8 scaled by 1/255, then ``(x - mean) / std``;
+    ``temperature`` (a calibration's, see :func:`probabilities`) only when given.
 
     Example:
         >>> make_record(mean=[0.13] * 3, std=[0.3] * 3)["mean"]
         [0.13, 0.13, 0.13]
     """
-    return validate_record(
-        {
-            "input_size": list(input_size) if input_size is not None else None,
-            "channels": "RGB",
-            "resize": RESIZE_METHOD,
-            "scale": "uint8 / 255",
-            "mean": [float(v) for v in mean] if mean is not None else None,
-            "std": [float(v) for v in std] if std is not None else None,
-            "classes": [str(c) for c in classes] if classes is not None else None,
-        }
-    )
+    record: Preprocess = {
+        "input_size": list(input_size) if input_size is not None else None,
+        "channels": "RGB",
+        "resize": RESIZE_METHOD,
+        "scale": "uint8 / 255",
+        "mean": [float(v) for v in mean] if mean is not None else None,
+        "std": [float(v) for v in std] if std is not None else None,
+        "classes": [str(c) for c in classes] if classes is not None else None,
+    }
+    if temperature is not None:
+        record["temperature"] = temperature
+    return validate_record(record)
 
 
 def validate_record(record: object) -> Preprocess:

@@ -112,10 +112,9 @@ class ExportedModel(nn.Module):
         self.classes: list[str] | None = record.get("classes")
         # What this module takes: pixels scaled to [0, 1] at the program's size, not normalized
         # (the program normalizes), so predict and evaluate pick the size and class names from it.
-        own = make_record(input_size=record["input_size"], classes=self.classes)
-        if record.get("temperature") is not None:  # its logits become its own probabilities
-            own["temperature"] = record["temperature"]
-        set_preprocessing(self, own)
+        # (with its temperature, so that its logits give the program's own probabilities)
+        set_preprocessing(self, make_record(input_size=record["input_size"], classes=self.classes,
+                                            temperature=record.get("temperature")))  # fmt: skip
 
     def run(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(B, H, W, 3)`` -> ``(probabilities, logits)``, numpy float32 ``(B, C)``."""

@@ -13,8 +13,10 @@ May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.loader,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -141,27 +143,47 @@ class CalibrationReport:
         )
 
 
-def _logits_and_labels(
-    model: nn.Module, data: Iterable[Batch], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Every logit and label of ``data``, and the pictures' size."""
+def model_outputs(
+    model: nn.Module, data: Iterable[Any], device: torch.device
+) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor], None, None]:
+    """``(x, y, logits)`` of every batch of ``data``, on ``device`` (``x`` as it came, moved).
+
+    The model runs in eval mode under ``torch.inference_mode()``; uint8 pixels are scaled and
+    normalized as its record says (float batches are taken as the loader normalized them). Its
+    train/eval mode is restored when the generator ends or is closed: iterate it inside
+    ``contextlib.closing`` so that an exception in the loop restores it at once.
+    Shared by :func:`calibrate` and :func:`~cifarkit.evaluation.interpretation.interpret`.
+
+    Raises:
+        ShapeError: a batch that is not an ``(x, y)`` pair: pictures without labels.
+    """
     inner = unwrap_model(model)
     fmt = place_model(inner, device, None)
     record = preprocessing_of(inner)
-    outputs, labels = [], []
     was_training = inner.training
     inner.eval()
     try:
         with torch.inference_mode():
-            for x, y in data:
-                x, y = move_batch(x, y, device, fmt)
-                if not x.is_floating_point():
-                    x = to_model_input(x, record)
-                outputs.append(inner(x).float())
-                labels.append(y)
-                size = [int(v) for v in x.shape[-2:]]
+            for batch in data:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    msg = "labelled pictures are needed: (x, y) batches, or an ImageTensors with labels"
+                    raise ShapeError(msg)
+                x, y = move_batch(batch[0], batch[1], device, fmt)
+                yield x, y, inner(x if x.is_floating_point() else to_model_input(x, record)).float()
     finally:
         inner.train(was_training)
+
+
+def _logits_and_labels(
+    model: nn.Module, data: Iterable[Batch], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Every logit and label of ``data``, and the pictures' size."""
+    outputs, labels, size = [], [], []
+    with closing(model_outputs(model, data, device)) as batches:
+        for x, y, out in batches:
+            outputs.append(out)
+            labels.append(y)
+            size = [int(v) for v in x.shape[-2:]]
     if not outputs:
         msg = "calibrate got held-out data that yields no batches: pass a loader over labelled pictures"
         raise EmptyDataError(msg)

@@ -7,8 +7,8 @@ loss and one probability row per picture. Heatmaps are computed only for the pic
 Captum's ``LayerGradCam`` (the ``cifarkit[gradcam]`` extra) on a layer chosen for the network
 (:func:`cam_layer`).
 
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.losses, cifarkit.models,
-cifarkit.models.zoo, cifarkit.preprocess.
+May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation.calibration,
+cifarkit.losses, cifarkit.models, cifarkit.models.zoo, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import html
 import io
 import math
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit.device import move_batch, place_model, resolve_device, unwrap_model
+from cifarkit.device import resolve_device, unwrap_model
 from cifarkit.display import format_table, new_figure
 from cifarkit.errors import ClassIndexError, EmptyDataError, InvalidOptionError, MissingExtraError, ShapeError
+from cifarkit.evaluation.calibration import model_outputs
 from cifarkit.losses import LossFn
 from cifarkit.models import get_build_record
 from cifarkit.models.zoo import BACKBONES
@@ -282,31 +284,19 @@ def interpret(model: nn.Module, data: Any, *, loss_fn: LossFn | None = None,
     """
     dev = resolve_device(device)
     inner = unwrap_model(model)
-    fmt = place_model(inner, dev, None)
     record = preprocessing_of(inner) or {}
     batches, classes, sources = _batches_of(data)
     pictures, labels, logits, losses = [], [], [], []
-    was_training = inner.training
-    inner.eval()
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                    msg = "interpret needs labelled pictures: (x, y) batches, or an ImageTensors with labels"
-                    raise ShapeError(msg)
-                x, y = move_batch(batch[0], batch[1], dev, fmt)
-                raw = x if not x.is_floating_point() else None
-                out = inner(to_model_input(x, record) if raw is not None else x).float()
-                if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
-                    msg = (f"labels run from {int(y.min())} to {int(y.max())} but the model has {out.shape[1]} "
-                           "classes: interpret data labelled with the model's own classes")  # fmt: skip
-                    raise ClassIndexError(msg)
-                pictures.append((raw if raw is not None else _to_pixels(x, record)).cpu())
-                labels.append(y.cpu())
-                logits.append(out.cpu())
-                losses.append(_per_picture(loss_fn, out, y).float().cpu())
-    finally:
-        inner.train(was_training)
+    with closing(model_outputs(inner, batches, dev)) as outputs:
+        for x, y, out in outputs:
+            if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
+                msg = (f"labels run from {int(y.min())} to {int(y.max())} but the model has {out.shape[1]} "
+                       "classes: interpret data labelled with the model's own classes")  # fmt: skip
+                raise ClassIndexError(msg)
+            pictures.append((_to_pixels(x, record) if x.is_floating_point() else x).cpu())
+            labels.append(y.cpu())
+            logits.append(out.cpu())
+            losses.append(_per_picture(loss_fn, out, y).float().cpu())
     if not labels:
         msg = "interpret got no pictures: the data is empty"
         raise EmptyDataError(msg)
