@@ -29,11 +29,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check over the whole project."""
-    session.install("ruff>=0.6")
+    """ruff check and ruff format --check over the whole project, and the import contracts of
+    pyproject.toml (import-linter: the packages import one way)."""
+    session.install("ruff>=0.6", "import-linter>=2.1")
     paths = ["src", "tests", "benchmarks", "noxfile.py", "docs/conf.py", "docs/modmap.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    # import-linter reads the source; it needs the package on the path, not installed with torch.
+    session.run("lint-imports", env={"PYTHONPATH": "src"})
 
 
 @nox.session

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import cifarkit
 from cifarkit.models.zoo import freeze_features, layer_groups
-from cifarkit.schedules import TwoPhaseSchedule
+from cifarkit.training.schedules import TwoPhaseSchedule
 
 BATCH, BATCHES = 64, 8
 HAND_2, OURS_2 = "hand loop, phase 2 (7 AdamW groups)", "cifarkit fine_tune, phase 2"

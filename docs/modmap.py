@@ -1,163 +1,90 @@
-"""The module map of cifarkit, read from the source: layers, what each module holds and imports.
+"""The picture of cifarkit's owners, drawn from the import contract in ``pyproject.toml``.
 
-``LAYERS`` is the one statement of the architecture: modules listed bottom to top, and a module
-may import only modules of lower layers. ``tests/test_architecture.py`` checks the code against
-it, and the Sphinx build (``docs/conf.py``) renders :func:`markdown` into the page
-"How cifarkit is built". Run it to print that table::
-
-    python docs/modmap.py
+The contract (import-linter's ``layers``, checked by ``nox -s lint``) is the one statement of how
+the packages import one another. This module draws it, so the guide's "How cifarkit is built"
+cannot drift from it: one row per layer, top to bottom, each owner a box captioned with the first
+line of its docstring, and every import goes down. ``docs/conf.py`` puts :func:`markdown` into
+that page at build time; ``python docs/modmap.py`` prints it.
 """
 
 from __future__ import annotations
 
 import ast
+import html
 import re
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "cifarkit"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "cifarkit"
 
-#: (layer name, modules), bottom to top.
-LAYERS: list[tuple[str, list[str]]] = [
-    ("errors, and the file formats' map", ["errors", "files"]),
-    ("leaf helpers", ["device", "display", "losses", "schedules", "files.checksums", "files.writing"]),
-    ("records and diagnoses", ["preprocess", "history", "grads", "files.archives", "files.diagnosis"]),
-    (
-        "reading: files, batches, pictures, programs; the pre-flight doctor; the networks' table",
-        ["files.reading", "files.records", "loader", "images", "runtime", "doctor", "models.zoo", "models.overview"],
-    ),
-    ("datasets, models, what a file holds, processes", ["data", "models", "files.inspection", "distributed"]),
-    (
-        "saving models, your own pictures, the step's helpers, calibration",
-        ["files.saving", "folders", "steps", "evaluation.calibration"],
-    ),
-    (
-        "checkpoints, callbacks, evaluation",
-        ["files.checkpoints", "callbacks", "evaluation", "evaluation.interpretation"],
-    ),
-    ("training, leaving Python, the report", ["train", "exporting", "evaluation.report"]),
-    ("fine-tuning: the learning-rate finder, two phases", ["tuning"]),
-    ("the commands", ["cli.commands"]),
-    ("the command line and the face", ["cli", "__init__"]),
-    ("python -m cifarkit", ["__main__"]),
-]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the docs build on 3.11+
+    import tomli as tomllib
 
 
-@dataclass
-class Module:
-    """One ``src/cifarkit/*.py`` file as the parser sees it."""
-
-    name: str
-    layer: int
-    lines: int
-    summary: str
-    docstring: str
-    imports: set[str] = field(default_factory=set)  # cifarkit modules imported at top level
-    local_imports: list[str] = field(default_factory=list)  # "target (line N)" inside functions/classes
-    type_only: set[str] = field(default_factory=set)  # under ``if TYPE_CHECKING:``
-
-    @property
-    def may_import(self) -> set[str] | None:
-        """The modules its docstring's ``May import:`` line names (``None`` without such a line)."""
-        match = re.search(r"^May import:(.*?)(?:\n\s*\n|\Z)", self.docstring, re.S | re.M)
-        if match is None:
-            return None
-        return {name.rstrip(".") for name in re.findall(r"cifarkit\.([\w.]+)", match.group(1))}
+def layers() -> list[list[str]]:
+    """The top-level layers of the contract, top first: the owners in each (``|`` separates
+    owners that may not import each other)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    top = next(c for c in config["contracts"] if c.get("containers") == ["cifarkit"])
+    return [[name.strip() for name in layer.split("|")] for layer in top["layers"]]
 
 
-def layer_of() -> dict[str, int]:
-    """Module name -> layer index (0 is the bottom)."""
-    return {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
+def summary(owner: str) -> str:
+    """The first sentence of an owner's docstring (a package's ``__init__`` or a module)."""
+    path = PACKAGE / owner / "__init__.py" if (PACKAGE / owner).is_dir() else PACKAGE / f"{owner}.py"
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    sentence = first.split(". ")[0].rstrip(".").replace("|", "\\|")
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", sentence).replace("``", "`")  # reST roles to Markdown
 
 
-def module_name(path: Path) -> str:
-    """``src/cifarkit/files/reading.py`` -> ``files.reading``; a subpackage's ``__init__`` is its name."""
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    if len(parts) > 1 and parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _known() -> set[str]:
-    return {module_name(p) for p in PACKAGE.rglob("*.py")}
-
-
-def _targets(node: ast.Import | ast.ImportFrom) -> list[str]:
-    known = _known()
-    if isinstance(node, ast.Import):
-        names = [alias.name for alias in node.names if alias.name.split(".")[0] == "cifarkit"]
-        return [name.split(".", 1)[1] if "." in name else "__init__" for name in names]
-    if node.level or not node.module or node.module.split(".")[0] != "cifarkit":
-        return []
-    base = node.module.split(".", 1)[1] if "." in node.module else ""
-    # ``from cifarkit import errors`` and ``from cifarkit.files import saving`` name submodules
-    found = [f"{base}.{a.name}" if base else a.name for a in node.names]
-    named = [name for name in found if name in known]
-    if len(named) == len(found):
-        return named
-    return [base or "__init__"]
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def parse(path: Path, layer: int) -> Module:
-    """Read one module's docstring and its imports of cifarkit modules."""
-    source = path.read_text()
-    tree = ast.parse(source)
-    doc = ast.get_docstring(tree) or ""
-    module = Module(module_name(path), layer, source.count("\n"), doc.split("\n\n")[0].replace("\n", " "), doc)
-
-    def visit(node: ast.AST, *, top: bool, type_only: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                for target in _targets(child):
-                    if type_only:
-                        module.type_only.add(target)
-                    elif top:
-                        module.imports.add(target)
-                    else:
-                        module.local_imports.append(f"{target} (line {child.lineno})")
-            elif isinstance(child, ast.If) and _is_type_checking(child):
-                visit(child, top=top, type_only=True)
-            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                visit(child, top=False, type_only=type_only)
-            else:
-                visit(child, top=top, type_only=type_only)
-
-    visit(tree, top=True, type_only=False)
-    return module
-
-
-def modules() -> list[Module]:
-    """Every module of the package, bottom layer first (unlisted modules get layer -1)."""
-    layers = layer_of()
-    found = [parse(p, layers.get(module_name(p), -1)) for p in sorted(PACKAGE.rglob("*.py"))]
-    return sorted(found, key=lambda m: (m.layer, m.name))
-
-
-def _plain(text: str) -> str:
-    """reST inline markup (``code``, :func:`name`) as Markdown code spans."""
-    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
-    return text.replace("``", "`")
+def svg(rows: list[list[str]] | None = None) -> str:
+    """The layers as boxes, top to bottom, with the direction of every import."""
+    rows = rows or layers()
+    width, box_h, gap, margin = 900, 34, 22, 60
+    height = len(rows) * (box_h + gap) + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+        'role="img" aria-label="cifarkit owners: each row imports only the rows below it" '
+        'font-family="system-ui, sans-serif" font-size="13">',
+        '<defs><marker id="down" viewBox="0 0 10 10" refX="5" refY="9" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,0 L5,10 z" fill="#666"/></marker></defs>',
+        f'<line x1="24" y1="14" x2="24" y2="{height - 14}" stroke="#666" stroke-width="2" marker-end="url(#down)"/>',
+        f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle" '
+        'fill="#444">imports go down</text>',
+    ]
+    for i, row in enumerate(rows):
+        y = 10 + i * (box_h + gap)
+        span = (width - margin - 10) / len(row)
+        for j, owner in enumerate(row):
+            x = margin + j * span
+            package = (PACKAGE / owner).is_dir()
+            fill = "#dbe9f6" if package else "#eeeeee"
+            parts.append(
+                f'<rect x="{x:.0f}" y="{y}" width="{span - 8:.0f}" height="{box_h}" rx="5" fill="{fill}" '
+                'stroke="#5a7fa8"/>'
+            )
+            label = f"cifarkit.{owner}" if package else owner
+            parts.append(
+                f'<text x="{x + (span - 8) / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" text-anchor="middle">'
+                f"{html.escape(label)}</text>"
+            )
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
 def markdown() -> str:
-    """The module map as a MyST table, one row per module, bottom layer first."""
-    rows = [
-        "| layer | module | what it holds | imports from cifarkit | lines |",
-        "|---|---|---|---|---|",
-    ]
-    for m in modules():
-        layer = LAYERS[m.layer][0] if m.layer >= 0 else "(unlisted)"
-        imports = ", ".join(f"`{name}`" for name in sorted(m.imports)) or "—"
-        summary = _plain(m.summary).replace("|", "\\|")
-        rows.append(f"| {m.layer} {layer} | `cifarkit.{m.name}` | {summary} | {imports} | {m.lines} |")
-    return "\n".join(rows)
+    """The picture and, below it, one row per owner: its layer and what it holds."""
+    rows = layers()
+    table = ["| layer (top first) | owner | what it holds |", "|---|---|---|"]
+    for i, row in enumerate(rows):
+        for owner in row:
+            kind = "package" if (PACKAGE / owner).is_dir() else "module"
+            table.append(f"| {i + 1} | `cifarkit.{owner}` ({kind}) | {summary(owner)} |")
+    return svg(rows) + "\n\n" + "\n".join(table) + "\n"
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torchvision
 
-from cifarkit.data import CIFAR10_CLASSES, ImageTensors
-from cifarkit.models import imagenet_cache_path
+from cifarkit.data.cifar10 import CIFAR10_CLASSES
+from cifarkit.data.tensors import ImageTensors
+from cifarkit.models.zoo import weights_path
 
 _LOOPBACK = ("127.", "::1", "localhost")
 
@@ -145,7 +146,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def seeded_cache(torch_home: Path, vgg_weights_file: Path) -> Path:
     """TORCH_HOME whose hub cache holds VGG16 'ImageNet' weights under torchvision's file name."""
-    target = imagenet_cache_path()
+    target = weights_path("vgg16")
     target.parent.mkdir(parents=True)
     os.link(vgg_weights_file, target)  # a real file at the exact cache path, without a copy
     return target

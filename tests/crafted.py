@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cifarkit.files.checksums import payload_digest
+from cifarkit.files.format import payload_digest
 
 
 def signed(payload: dict[str, Any]) -> dict[str, Any]:

@@ -1,115 +1,67 @@
-"""The layout stays as the guide describes it: layers, one-way imports, small modules, tests."""
+"""The layout a newcomer reads: each package's map names its modules, the API reference has one
+page per package, the public names come from their owners, and importing stays light.
+
+Which package may import which is one contract in pyproject.toml, checked by import-linter in
+``nox -s lint``; these tests check what that tool cannot.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 
+import cifarkit
+
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = sorted(m.name for m in pkgutil.iter_modules(cifarkit.__path__, "cifarkit.") if m.ispkg)
 
 
-def _load_modmap() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("modmap", ROOT / "docs" / "modmap.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["modmap"] = module
-    spec.loader.exec_module(module)
-    return module
+def _modules(package: str) -> list[str]:
+    module = importlib.import_module(package)
+    return sorted(m.name for m in pkgutil.iter_modules(module.__path__, package + "."))
 
 
-modmap = _load_modmap()
-MODULES = modmap.modules()
-NAMES = [m.name for m in MODULES]
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_map_names_every_module_it_holds(package: str) -> None:
+    doc = importlib.import_module(package).__doc__ or ""
+    for name in _modules(package):
+        assert f"{name.split('.')[-1]}`" in doc, f"{package}'s docstring (its map) does not name {name}"
 
 
-def test_every_module_has_a_layer_and_every_layer_entry_exists() -> None:
-    listed = set(modmap.layer_of())
-    assert set(NAMES) == listed, {"unlisted": set(NAMES) - listed, "missing": listed - set(NAMES)}
+def test_the_api_reference_has_one_page_per_package_documenting_each_module() -> None:
+    pages = ROOT / "docs" / "api"
+    for package in PACKAGES:
+        page = (pages / f"{package.split('.')[-1]}.md").read_text()
+        for name in [package, *_modules(package)]:
+            assert f".. automodule:: {name}\n" in page, f"{name} is missing from docs/api/"
+    foundation = (pages / "foundation.md").read_text()
+    tops = [m.name for m in pkgutil.iter_modules(cifarkit.__path__, "cifarkit.") if not m.ispkg]
+    for name in tops:
+        if name != "cifarkit.__main__":
+            assert f".. automodule:: {name}\n" in foundation, f"{name} is missing from docs/api/foundation.md"
 
 
-@pytest.mark.parametrize("module", MODULES, ids=NAMES)
-def test_imports_go_down_only_and_none_hide_in_functions(module: Any) -> None:
-    layers = modmap.layer_of()
-    upward = sorted(t for t in module.imports if layers.get(t, 99) >= module.layer)
-    assert not upward, f"cifarkit.{module.name} imports {upward}, which are not below it"
-    assert not module.local_imports, f"function-local imports of cifarkit modules: {module.local_imports}"
-    assert not module.type_only - module.imports or all(layers[t] < module.layer for t in module.type_only)
+def test_the_contract_covers_every_package_and_top_module() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    top = next(c for c in config["contracts"] if c["containers"] == ["cifarkit"])
+    listed = {name.strip() for layer in top["layers"] for name in layer.split("|")}
+    present = {m.name for m in pkgutil.iter_modules(cifarkit.__path__)} - {"__main__"}
+    assert listed == present and top["exhaustive"] is True
 
 
-def test_the_import_graph_has_no_cycle() -> None:
-    graph = {m.name: m.imports | {t.split(" ")[0] for t in m.local_imports} for m in MODULES}
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for target in sorted(graph.get(name, ())):
-            if state.get(target) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*path, name, target]))
-            if target not in state:
-                visit(target, [*path, name])
-        state[name] = 2
-
-    for name in graph:
-        if name not in state:
-            visit(name, [])
-
-
-def test_the_checker_catches_a_cycle_and_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "errors.py").write_text('"""E.\n\nMay import: nothing from cifarkit.\n"""\nimport cifarkit.train\n')
-    (tmp_path / "train.py").write_text('"""T."""\ndef f():\n    from cifarkit import errors\n')
-    monkeypatch.setattr(modmap, "PACKAGE", tmp_path)
-    parsed = {m.name: m for m in modmap.modules()}
-    assert parsed["errors"].imports == {"train"}  # upward: layer 0 importing layer 12
-    assert parsed["train"].local_imports == ["errors (line 3)"]  # hidden in a function
-
-
-@pytest.mark.parametrize("module", MODULES, ids=NAMES)
-def test_docstring_says_what_lives_there_and_what_it_may_import(module: Any) -> None:
-    layers = modmap.layer_of()
-    may = module.may_import
-    assert module.summary, f"cifarkit.{module.name} has no module docstring"
-    assert may is not None, f"cifarkit.{module.name}'s docstring lacks a 'May import:' line"
-    assert module.imports <= may, f"imports {module.imports - may} that its docstring does not allow"
-    above = sorted(t for t in may if layers.get(t, 99) >= module.layer)
-    assert not above, f"its docstring allows {above}, which are not below it"
-
-
-@pytest.mark.parametrize("module", MODULES, ids=NAMES)
-def test_modules_stay_small(module: Any) -> None:
-    assert module.lines <= 450, f"cifarkit.{module.name} has {module.lines} lines; split it by concern"
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in {"__init__", "__main__"}])
-def test_each_module_has_its_test_file(name: str) -> None:
-    assert (ROOT / "tests" / f"test_{name.split('.')[-1]}.py").is_file()
-
-
-def test_the_package_top_stays_small_and_the_file_formats_live_together() -> None:
-    top = sorted(p.name for p in (ROOT / "src" / "cifarkit").glob("*.py"))
-    assert len(top) <= 24, f"{len(top)} modules directly in src/cifarkit: {top}"
-    formats = {"writing", "checksums", "archives", "records", "reading", "inspection", "saving", "checkpoints"}
-    assert {n.split(".")[-1] for n in NAMES if n.startswith("files.")} >= formats
-
-
-def test_module_map_lists_every_module() -> None:
-    table = modmap.markdown()
-    for name in NAMES:
-        assert f"`cifarkit.{name}`" in table
-    assert "(unlisted)" not in table
-
-
-def test_api_reference_documents_every_module() -> None:
-    api = (ROOT / "docs" / "api.md").read_text()
-    for name in NAMES:
-        if name not in {"__init__", "__main__"}:
-            assert f".. automodule:: cifarkit.{name}\n" in api, name
+@pytest.mark.parametrize("name", sorted(set(cifarkit.__all__) - {"__version__", "errors"}))
+def test_each_public_name_is_on_the_page_of_the_package_that_owns_it(name: str) -> None:
+    obj = getattr(cifarkit, name)
+    owner = obj.__module__  # cifarkit.<package>.<module>, or a foundation module cifarkit.<module>
+    home = ".".join(owner.split(".")[:2])
+    assert getattr(importlib.import_module(home), name) is obj, f"cifarkit.{name} is not in {home}'s names"
 
 
 _IMPORT_SCRIPT = """

@@ -12,7 +12,7 @@ import torch
 
 from cifarkit import build_cnn
 from cifarkit.errors import CorruptCheckpointError, NotACheckpointError
-from cifarkit.files.archives import check_zip, file_kind, pickled_globals, references
+from cifarkit.untrusted import check_zip, file_kind, pickled_globals, references
 from crafted import peak_rss_growth, zip_bomb
 
 
@@ -55,9 +55,9 @@ def test_a_compression_bomb_is_refused_before_anything_inflates(tmp_path: Path) 
 def test_pickled_globals_lists_what_a_pickle_names_without_importing_it() -> None:
     legacy = _saved(build_cnn(), _use_new_zipfile_serialization=False)
     names = pickled_globals(legacy, pickles=4)
-    assert names is not None and "cifarkit.models.CifarCNN" in names
-    assert "cifarkit.models.CifarCNN" in (references(legacy, "pickle") or [])
-    assert "cifarkit.models.CifarCNN" in (references(_saved(build_cnn()), "zip") or [])
+    assert names is not None and "cifarkit.models.cnn.CifarCNN" in names
+    assert "cifarkit.models.cnn.CifarCNN" in (references(legacy, "pickle") or [])
+    assert "cifarkit.models.cnn.CifarCNN" in (references(_saved(build_cnn()), "zip") or [])
     assert pickled_globals(pickle.dumps({"a": [1, 2]}), pickles=1) == []
 
 

@@ -13,8 +13,8 @@ from torch import nn
 import cifarkit
 from cifarkit import build_cnn, calibrate, evaluate, predict, synthetic_cifar10
 from cifarkit.errors import CalibrationError, EmptyDataError, InvalidOptionError, ModelRecordError, ShapeError
-from cifarkit.evaluation import class_probabilities
-from cifarkit.evaluation.calibration import CalibrationBins, expected_calibration_error
+from cifarkit.evaluation.inference import class_probabilities
+from cifarkit.evaluation.metrics import CalibrationBins, expected_calibration_error
 from cifarkit.preprocess import make_record, preprocessing_of, set_preprocessing
 
 

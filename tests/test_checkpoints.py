@@ -17,9 +17,8 @@ from torch import nn
 
 from cifarkit import build_cnn, inspect, load, load_checkpoint, save, save_checkpoint, synthetic_cifar10, train_loop
 from cifarkit.errors import CorruptCheckpointError, NonFiniteWeightsError, NotACheckpointError
-from cifarkit.files.checkpoints import random_states, set_random_states
-from cifarkit.files.checksums import payload_digest
-from cifarkit.files.reading import CHECKPOINT_VERSION
+from cifarkit.files.checkpoints import CHECKPOINT_VERSION, random_states, set_random_states
+from cifarkit.files.format import payload_digest
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cifarkit.errors import CorruptCheckpointError
-from cifarkit.files.checksums import MAX_DEPTH, check_limits, excerpt, payload_digest
+from cifarkit.files.format import payload_digest
+from cifarkit.untrusted import MAX_DEPTH, check_limits, excerpt
 
 
 def test_the_digest_ignores_order_and_sequence_kind_but_not_types_or_values() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from typing import Any
 import subprocess
 import sys
 from importlib.metadata import version
@@ -16,7 +17,8 @@ import torch
 from PIL import Image
 
 from cifarkit import evaluate, inspect, load, predict, synthetic_cifar10
-from cifarkit.cli import LESSON_HINT, main
+from cifarkit.cli import main
+from cifarkit.cli.commands import LESSON_HINT
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,9 @@ def test_every_listed_network_is_a_model_choice_and_fine_tune_options_are_checke
         (["train", "--model", "resnet18", "--fine-tune", "--freeze-epochs", "-1"], "--freeze-epochs must be"),
         (["train", "--lr", "fast"], "'fast' is neither a number nor 'find'"),
         (["lr-find", "--steps", "0"], "--steps must be at least 1"),
+        (["train", "--model", "resnet18", "--fine-tune", "--momentum", "0.9"], "AdamW, which has no --momentum"),
+        (["train", "--warmup-epochs", "1"], "--warmup-epochs is the warm-up of --schedule cosine"),
+        (["train", "--schedule", "onecycle", "--warmup-epochs", "1"], "add --schedule cosine"),
     ):
         with pytest.raises(SystemExit) as info:
             main(argv)
@@ -214,6 +219,24 @@ def test_fine_tune_with_lr_find_trains_in_two_phases_and_saves_a_file_without_pi
     info = inspect(out)
     assert info.ok and info.build is not None and info.build["builder"] == "adapt" and info.references == []
     assert load(out).classifier[3].out_features == 10
+
+
+def test_doctor_with_lr_find_checks_the_rate_the_finder_suggests(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cifarkit.training import preflight
+
+    seen: list[float] = []
+    real = preflight.doctor
+
+    def spy(model: Any, data: Any, **options: Any) -> Any:
+        seen.append(options["optimizer"].param_groups[0]["lr"])
+        return real(model, data, **options)
+
+    monkeypatch.setattr("cifarkit.cli.commands.doctor", spy)
+    assert main(["doctor", "--model", "cnn-relu", "--train-count", "64", "--lr", "find", "--steps", "10"]) == 0
+    found = re.search(r"suggested learning rate (\S+)", capsys.readouterr().out)
+    assert found is not None and seen == [pytest.approx(float(found.group(1)), rel=1e-2)] and seen[0] != 0.01
 
 
 def test_lr_find_command_draws_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import pickle
-import urllib.error
+import shutil
+import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from cifarkit import ImageTensors, load_cifar10, synthetic_cifar10
+from cifarkit.data import cifar10
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, InvalidOptionError, ShapeError
 from conftest import write_cifar_folder
 
@@ -51,13 +59,87 @@ def test_missing_folder_and_missing_batch(tmp_path: Path) -> None:
         load_cifar10(tmp_path)
 
 
-def test_download_offline_raises_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("network unreachable")
+def test_download_offline_raises_a_clear_error(tmp_path: Path, network: Any) -> None:
+    with pytest.raises(DatasetNotFoundError, match=r"could not download CIFAR-10 .* download .* and put it at"):
+        load_cifar10(tmp_path, download=True, progress=False)  # the real URL: refused like offline
+    assert network.attempts and not list(tmp_path.iterdir())  # tried once, and left nothing
 
-    monkeypatch.setattr("urllib.request.urlopen", offline)
-    with pytest.raises(DatasetNotFoundError, match=r"could not download CIFAR-10 .* by hand"):
-        load_cifar10(tmp_path, download=True)
+
+def _archive(tmp_path: Path) -> tuple[Path, Any, Any]:
+    """A real cifar-10-python.tar.gz of a small CIFAR folder (and the truth of its two splits)."""
+    source = tmp_path / "source"
+    train, test = write_cifar_folder(source, per_batch=8)
+    archive = tmp_path / "served" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive, train, test
+
+
+def _serve(folder: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_fetches_checks_and_unpacks_into_the_cache_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, train, test = _archive(tmp_path)
+    monkeypatch.setenv("CIFARKIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    for url in _serve(archive.parent):  # a server on 127.0.0.1: the download code, not the network
+        monkeypatch.setattr(cifar10, "CIFAR10_URL", url)
+        got = load_cifar10(download=True, progress=False)
+    assert torch.equal(got.images, train.images) and torch.equal(got.labels, train.labels)
+    root = tmp_path / "cache" / "cifar10"
+    assert cifar10.cifar10_root() == root and (root / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert torch.equal(load_cifar10(train=False).labels, test.labels)  # the second time: no download
+
+
+def test_a_damaged_download_keeps_nothing_and_a_placed_archive_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, train, _ = _archive(tmp_path)
+    root = tmp_path / "root"
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", archive.as_uri())
+    with pytest.raises(DatasetFormatError, match="MD5 .* nothing was kept"):
+        load_cifar10(root, download=True, progress=False)  # the real MD5 does not match this archive
+    assert not root.exists() or list(root.iterdir()) == []
+    root.mkdir(exist_ok=True)
+    shutil.copy(archive, root / "cifar-10-python.tar.gz")  # placed by hand, offline
+    with pytest.raises(DatasetFormatError, match="Delete it"):
+        load_cifar10(root, download=True)
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("no download when placed by hand"))
+    assert torch.equal(load_cifar10(root, download=True).images, train.images)
+
+
+def test_the_command_line_gets_cifar10_or_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from cifarkit.cli import main
+
+    archive, _, _ = _archive(tmp_path)
+    monkeypatch.setenv("CIFARKIT_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", "cifar10", "--epochs", "1", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Pass download=True" in err and "cifar-10-python.tar.gz" in err and str(tmp_path / "cache") in err
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", archive.as_uri())
+    args = ["train", "--data", "cifar10", "--download", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0 and out.is_file()
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "--download", "--epochs", "1"])  # --download without --data cifar10
+    assert usage.value.code == 2
 
 
 class _Evil:

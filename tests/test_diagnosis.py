@@ -11,7 +11,7 @@ from torch import nn
 
 from cifarkit import adapt_vgg16, build_cnn, diagnose, load
 from cifarkit.errors import StateDictMismatchError
-from cifarkit.files.diagnosis import apply_state_dict, diagnose_state_dict
+from cifarkit.models.fitting import apply_state_dict, diagnose_state_dict
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -27,7 +27,7 @@ from cifarkit.errors import (
     PathIsDirectoryError,
     WriteError,
 )
-from cifarkit.evaluation import class_probabilities
+from cifarkit.evaluation.inference import class_probabilities
 from cifarkit.preprocess import preprocessing_of
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from cifarkit import ImageTensors, load_image_folder, synthetic_cifar10
+from cifarkit.data.folders import is_image_folder
+from cifarkit.data.images import read_pixels
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError, ShapeError
-from cifarkit.folders import is_image_folder
-from cifarkit.images import read_pixels
 
 
 def colour_image(value: int, size: tuple[int, int] = (40, 30)) -> Image.Image:

@@ -33,7 +33,7 @@ from cifarkit.errors import (
     StateDictMismatchError,
     UnsafeLoadError,
 )
-from cifarkit.files.reading import read_state_dict
+from cifarkit.files.format import read_state_dict
 from conftest import write_cifar_folder
 from crafted import peak_rss_growth, signed, write, zip_bomb
 
@@ -193,7 +193,7 @@ def test_random_bytes_are_damaged_not_a_pickled_module(tmp_path: Path, head: byt
 
 
 def test_only_a_well_formed_pickled_module_is_unsafe(files: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(UnsafeLoadError, match=r"cifarkit\.models\.CifarCNN"):
+    with pytest.raises(UnsafeLoadError, match=r"cifarkit\.models\.cnn\.CifarCNN"):
         load(files["full"])
     data = bytearray(files["full"].read_bytes())
     pkl = data.find(b"data.pkl") + 200
@@ -582,7 +582,7 @@ def test_a_stripped_checksum_is_refused(tmp_path: Path, files: dict[str, Path]) 
 def test_a_legacy_format_pickled_module_is_unsafe_and_legacy_weights_load(tmp_path: Path) -> None:
     model = build_cnn()
     torch.save(model, tmp_path / "legacy-full.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(UnsafeLoadError, match=r"cifarkit\.models\.CifarCNN"):
+    with pytest.raises(UnsafeLoadError, match=r"cifarkit\.models\.cnn\.CifarCNN"):
         load(tmp_path / "legacy-full.pt")
     assert inspect(tmp_path / "legacy-full.pt").method == "full"
     torch.save(model.state_dict(), tmp_path / "legacy-weights.pt", _use_new_zipfile_serialization=False)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cifarkit import build_cnn, load_image_folder
+from cifarkit.data.images import image_batch, image_tensor, read_pixels, resize_pixels
 from cifarkit.errors import ImageReadError, InvalidOptionError, ShapeError
-from cifarkit.evaluation import class_probabilities
-from cifarkit.images import image_batch, image_tensor, read_pixels, resize_pixels
+from cifarkit.evaluation.inference import class_probabilities
 
 
 def test_files_pil_images_and_tensors_agree(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ import torch
 from cifarkit import build_cnn, inspect, save, save_checkpoint
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError
-from cifarkit.files.checksums import payload_digest
-from cifarkit.files.inspection import metadata_problems
+from cifarkit.files.format import metadata_problems, payload_digest
 from crafted import signed, write
 
 
@@ -111,7 +110,7 @@ def test_a_checkpoint_with_an_odd_epoch_is_a_problem(tmp_path: Path) -> None:
 def test_a_pickled_module_is_sound_and_says_it_needs_trust(tmp_path: Path) -> None:
     path = save(build_cnn(), tmp_path / "full.pt", method="full")
     info = inspect(path)
-    assert info.ok and info.method == "full" and "cifarkit.models.CifarCNN" in info.references
+    assert info.ok and info.method == "full" and "cifarkit.models.cnn.CifarCNN" in info.references
     assert "trusted=True" in str(info)
     assert main(["inspect", str(path)]) == 0
 

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifarkit import ImageTensors, Loader, TensorLoader, synthetic_cifar10
+from cifarkit.data.loader import check_not_empty, match_memory_format, set_epoch
 from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError
-from cifarkit.loader import check_not_empty, match_memory_format, set_epoch
 
 
 def small() -> ImageTensors:

@@ -23,8 +23,10 @@ from cifarkit.errors import (
     StateDictMismatchError,
     WeightsUnavailableError,
 )
-from cifarkit.models import CifarCNN, get_build_record, imagenet_cache_path, rebuild
-from cifarkit.models.zoo import BACKBONES
+from cifarkit.models.cnn import CifarCNN
+from cifarkit.models.rebuilding import rebuild
+from cifarkit.models.records import get_build_record
+from cifarkit.models.zoo import BACKBONES, weights_path
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 VGG16_PARAMS = 138_357_544  # torchvision's documented count for vgg16
@@ -109,7 +111,7 @@ def test_cnn_class_is_importable_for_whole_model_pickles(tmp_path: Path) -> None
     path = tmp_path / "whole.pt"
     torch.save(build_cnn(), path)
     loaded = torch.load(path, weights_only=False)
-    assert type(loaded) is CifarCNN and type(loaded).__module__ == "cifarkit.models"
+    assert type(loaded) is CifarCNN and type(loaded).__module__ == "cifarkit.models.cnn"
 
 
 # --------------------------------------------------------------------------- VGG16
@@ -185,10 +187,10 @@ def test_missing_cache_raises_with_path_and_url(torch_home: Path, network: objec
     with pytest.raises(WeightsUnavailableError) as info:
         adapt_vgg16(weights="imagenet", progress=False)
     message = str(info.value)
-    assert str(imagenet_cache_path()) in message and str(torch_home) in message
+    assert str(weights_path("vgg16")) in message and str(torch_home) in message
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
     assert isinstance(info.value, FileNotFoundError)
-    assert not imagenet_cache_path().exists()  # no half-downloaded file left behind
+    assert not weights_path("vgg16").exists()  # no half-downloaded file left behind
 
 
 def test_local_weights_file_round_trips(vgg_weights_file: Path) -> None:
@@ -298,7 +300,7 @@ def resnet_weights(torch_home: Path) -> dict[str, torch.Tensor]:
     """A resnet18 state_dict in torchvision's layout at the cache path of its ImageNet weights."""
     torch.manual_seed(7)
     state = torchvision.models.resnet18().state_dict()
-    path = imagenet_cache_path("resnet18")
+    path = weights_path("resnet18")
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     return state
@@ -330,7 +332,7 @@ def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(torch_home: 
     with pytest.raises(WeightsUnavailableError) as info:
         cifarkit.adapt("efficientnet_b0", weights="imagenet", progress=False)
     message = str(info.value)
-    path = imagenet_cache_path("efficientnet_b0")
+    path = weights_path("efficientnet_b0")
     assert (
         str(path) in message and "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth" in message
     )

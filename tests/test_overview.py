@@ -6,7 +6,7 @@ import pytest
 import torchvision
 
 from cifarkit import build_cnn, summary
-from cifarkit.models import adapt
+from cifarkit.models.pretrained import adapt
 
 
 def test_summary_counts_and_table() -> None:

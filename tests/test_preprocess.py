@@ -24,7 +24,7 @@ from cifarkit import (
 )
 from cifarkit.cli import main
 from cifarkit.errors import CorruptCheckpointError, ModelRecordError
-from cifarkit.files.checksums import payload_digest
+from cifarkit.files.format import payload_digest
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, to_model_input, validate_record
 
 MEAN, STD = (0.13, 0.5, 0.87), (0.3, 0.25, 0.2)

@@ -15,9 +15,9 @@ import torch
 
 from cifarkit import build_cnn, save
 from cifarkit.errors import NotACheckpointError, PathIsDirectoryError, UnsafeLoadError
-from cifarkit.files.checksums import payload_digest
-from cifarkit.files.reading import read_payload, read_state_dict, sniff, versions
-from cifarkit.files.writing import atomic_write
+from cifarkit.files.format import payload_digest, read_payload, read_state_dict, versions
+from cifarkit.untrusted import sniff
+from cifarkit.writing import atomic_write
 
 _KILL_SCRIPT = textwrap.dedent(
     """

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from cifarkit.errors import ModelRecordError
-from cifarkit.files.records import MAX_CLASSES, VGG_ARCHS, validate_build_record
+from cifarkit.models.records import VGG_ARCHS, validate_build_record
+from cifarkit.preprocess import MAX_CLASSES
 
 
 @pytest.mark.parametrize(

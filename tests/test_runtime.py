@@ -10,7 +10,7 @@ import torch
 
 from cifarkit import build_cnn, evaluate, export, load_exported, predict, synthetic_cifar10
 from cifarkit.errors import ExportError, InvalidOptionError, ModelRecordError, UnsafeLoadError
-from cifarkit.runtime import format_of
+from cifarkit.exporting.running import format_of
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from cifarkit.errors import (
     UnsafeLoadError,
     WeightsOnlyFileError,
 )
-from cifarkit.files.checksums import payload_digest
+from cifarkit.files.format import payload_digest
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -119,7 +119,7 @@ def test_whole_model_is_refused_unless_trusted(tmp_path: Path) -> None:
     with pytest.raises(UnsafeLoadError, match=r"pickled module.*arbitrary code.*trusted=True") as info:
         load(path)
     assert isinstance(info.value, pickle.UnpicklingError)
-    assert "cifarkit.models.CifarCNN" in str(info.value)
+    assert "cifarkit.models.cnn.CifarCNN" in str(info.value)
     loaded = load(path, trusted=True)
     assert type(loaded).__name__ == "CifarCNN" and same_weights(model, loaded)
     into = build_cnn()
@@ -297,6 +297,6 @@ def test_inspect_both_methods_and_their_sizes(tmp_path: Path) -> None:
     assert (method2.method, method2.parameters, method2.checksum, method2.tensors) == ("state_dict", 145_578, "ok", 10)
     assert method2.build is not None and method2.versions["torch"] == str(torch.__version__)
     assert (plain.method, plain.checksum, plain.build) == ("plain_state_dict", "absent", None)
-    assert method1.method == "full" and "cifarkit.models.CifarCNN" in method1.references
+    assert method1.method == "full" and "cifarkit.models.cnn.CifarCNN" in method1.references
     assert method1.size_bytes > plain.size_bytes  # method 1 is larger, as the tutorial noted
     assert "145,578" in str(method2) and "build_cnn" in str(method2)

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 
 from cifarkit import build_cnn, cosine, one_cycle, synthetic_cifar10, train_loop
 from cifarkit.errors import InvalidOptionError
-from cifarkit.schedules import check_scheduler, interval_of, step_every
+from cifarkit.training.schedules import check_scheduler, interval_of, step_every
 
 
 def loader(n: int = 128, **kw: Any) -> Any:
@@ -105,7 +105,7 @@ def test_a_scheduler_on_another_optimizer_is_refused_before_training() -> None:
 
 
 def test_two_phase_schedule_is_one_cycle_for_the_head_then_one_cycle_for_all_groups() -> None:
-    from cifarkit.schedules import TwoPhaseSchedule, one_cycle_factor
+    from cifarkit.training.schedules import TwoPhaseSchedule, one_cycle_factor
 
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (0.001, 0.01, 0.1)]
     optimizer = torch.optim.SGD(groups)

@@ -9,7 +9,8 @@ from torch import nn
 from cifarkit import build_cnn, synthetic_cifar10, train_loop, train_one_epoch
 from cifarkit.distributed import DistContext
 from cifarkit.errors import InvalidOptionError, NonFiniteLossError
-from cifarkit.steps import Meter, OptimizerStep, clip_or_measure
+from cifarkit.evaluation.metrics import Meter
+from cifarkit.training.step import OptimizerStep, clip_or_measure
 
 
 def batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

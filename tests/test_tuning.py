@@ -16,11 +16,12 @@ from torch import nn
 
 import cifarkit
 from cifarkit import adapt, build_cnn, fine_tune, lr_find, synthetic_cifar10
-from cifarkit.data import ImageTensors
-from cifarkit.errors import EmptyDataError, InvalidOptionError
+from cifarkit.data.tensors import ImageTensors
+from cifarkit.errors import ClassIndexError, EmptyDataError, InvalidOptionError
 from cifarkit.history import History
 from cifarkit.models.zoo import layer_groups
-from cifarkit.tuning import FineTune, suggest_lr
+from cifarkit.training.finder import suggest_lr
+from cifarkit.training.finetune import FineTune
 
 
 def _data(n: int = 64, seed: int = 0) -> Any:
@@ -164,6 +165,27 @@ class _Counting(nn.Module):
         return out
 
 
+def _pre_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_a_failing_fine_tune_gives_back_every_flag_and_hook() -> None:
+    """The measured bug: labels 0-9 for 3 classes fail in phase 1 (rightly); the network used to
+    come back with 2 of its 62 tensors trainable and 20 hooks holding its batch norms in eval."""
+    model = adapt("resnet18", num_classes=3)
+    before = [p.requires_grad for p in model.parameters()]
+    assert len(before) == 62 and all(before) and _pre_hooks(model) == 0
+    wrong = synthetic_cifar10(64, seed=0).loader(batch_size=32, seed=0)  # labels 0-9
+    with pytest.raises(ClassIndexError):
+        fine_tune(model, wrong, epochs=1, device="cpu", progress=False)
+    assert [p.requires_grad for p in model.parameters()] == before and _pre_hooks(model) == 0
+    fixed = ImageTensors(wrong.images, wrong.labels % 3, ["a", "b", "c"]).loader(batch_size=32, seed=0)
+    features = _features(model, "fc")
+    history = fine_tune(model, fixed, epochs=1, device="cpu", progress=False)
+    assert [e.phase for e in history.epochs] == ["frozen", "unfrozen"]
+    assert not _same(_features(model, "fc"), features)  # the second call trains every layer again
+
+
 def test_lr_find_leaves_model_optimizer_modes_loader_and_random_states_as_it_found_them() -> None:
     torch.manual_seed(0)
     model = adapt("mobilenet_v3_small")
@@ -191,6 +213,29 @@ def test_lr_find_leaves_model_optimizer_modes_loader_and_random_states_as_it_fou
     assert data.state_dict() == loader_state
     assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), states[2], strict=True))
+
+
+def test_lr_find_puts_the_model_back_in_its_memory_format_and_scales_fp16() -> None:
+    model = build_cnn(activation="relu")  # contiguous: lr_find trains it channels-last
+    params = list(model.parameters())
+    result = lr_find(model, _data(64), steps=6, device="cpu", amp="fp16")
+    assert result.stop_reason in ("completed", "diverged") and len(result.lrs) >= 2
+    assert all(p is q for p, q in zip(model.parameters(), params, strict=True))  # the same Parameters
+    conv = model.sequential[0].weight
+    assert conv.is_contiguous() and conv.device.type == "cpu"
+
+    scaled: list[float] = []
+    real_scale = torch.amp.GradScaler.scale
+
+    def scale(self: torch.amp.GradScaler, outputs: Any) -> Any:
+        scaled.append(self.get_scale())
+        return real_scale(self, outputs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.amp.GradScaler, "scale", scale)
+        lr_find(build_cnn(activation="relu"), _data(64), steps=4, device="cpu", amp="fp16")
+        lr_find(build_cnn(activation="relu"), _data(64), steps=4, device="cpu", amp="bf16")
+    assert len(scaled) == 4 and scaled[0] == 65536.0  # fp16 goes through the scaler; bf16 does not
 
 
 def test_lr_find_sweeps_exponentially_with_one_forward_per_step() -> None:

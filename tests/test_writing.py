@@ -18,7 +18,7 @@ import torch
 
 from cifarkit import build_cnn, load, save
 from cifarkit.errors import PathIsDirectoryError, WriteError
-from cifarkit.files.writing import STALE_TEMPORARY_AGE_S, TEMP_SUFFIX, atomic_write, check_writable
+from cifarkit.writing import STALE_TEMPORARY_AGE_S, TEMP_SUFFIX, atomic_write, check_writable
 
 
 @pytest.fixture
@@ -148,8 +148,67 @@ def test_a_failed_folder_fsync_is_reported(tmp_path: Path, monkeypatch: Any) -> 
         real(fd)
 
     monkeypatch.setattr(os, "fsync", folder_fails)
-    with pytest.raises(WriteError, match="could not be synced"):
+    with pytest.raises(WriteError, match="could not be synced") as info:
         atomic_write(tmp_path / "f.bin", lambda f: f.write(b"new"))
+    assert info.value.replaced and "now holds the complete new file" in str(info.value)
+    assert (tmp_path / "f.bin").read_bytes() == b"new"
+
+
+def _fail_nth(monkeypatch: Any, module: Any, name: str, which: Any) -> list[int]:
+    """Make ``module.name`` raise EIO on the calls ``which(call)`` selects; return the call count."""
+    real, calls = getattr(module, name), [0]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if which(args):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, broken)
+    return calls
+
+
+def _is_folder_fd(args: Any) -> bool:
+    return os.path.isdir(os.readlink(f"/proc/self/fd/{args[0]}"))
+
+
+@pytest.mark.parametrize(
+    ("step", "module", "name", "which", "replaced"),
+    [
+        ("creating the temporary", "tempfile", "mkstemp", lambda args: True, False),
+        ("writing", "", "", None, False),
+        ("the file's fsync", "os", "fsync", lambda args: not _is_folder_fd(args), False),
+        ("the rename", "os", "replace", lambda args: True, False),
+        ("the folder's fsync", "os", "fsync", _is_folder_fd, True),
+    ],
+)
+def test_an_io_error_at_any_step_leaves_the_old_file_or_the_whole_new_one_and_says_which(
+    tmp_path: Path, monkeypatch: Any, step: str, module: str, name: str, which: Any, replaced: bool
+) -> None:
+    import tempfile
+
+    def half_then_fail(handle: Any) -> None:
+        handle.write(b"ne")
+        raise OSError(errno.EIO, "Input/output error")  # as a disk write fails half-way
+
+    for new_folder in (False, True):
+        target = (tmp_path / step / "new" / "f.bin") if new_folder else (tmp_path / step / "f.bin")
+        if not new_folder:
+            atomic_write(target, lambda f: f.write(b"old"))
+        with monkeypatch.context() as patch:
+            if module:
+                _fail_nth(patch, {"os": os, "tempfile": tempfile}[module], name, which)
+            with pytest.raises(WriteError) as info:
+                atomic_write(target, half_then_fail if not module else lambda f: f.write(b"new"))
+        assert info.value.replaced is replaced, step
+        if replaced:
+            assert target.read_bytes() == b"new" and "complete new file" in str(info.value)
+        elif new_folder:
+            assert not target.parent.exists(), f"{step}: a folder this write created was left behind"
+        else:
+            assert target.read_bytes() == b"old" and "previous file (if any) is intact" in str(info.value)
+        if target.parent.exists():
+            assert _temporaries(target.parent) == [], step
 
 
 def test_a_full_disk_is_a_write_error(tmp_path: Path) -> None:

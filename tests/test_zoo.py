@@ -9,8 +9,8 @@ from torch import nn
 from torchvision.models import get_model_weights
 
 from cifarkit import backbones
-from cifarkit.errors import InvalidOptionError
-from cifarkit.files.records import BACKBONE_NAMES
+from cifarkit.errors import InvalidOptionError, ModelRecordError
+from cifarkit.models.records import validate_build_record
 from cifarkit.models.zoo import (
     BACKBONES,
     build_backbone,
@@ -36,10 +36,13 @@ def test_each_row_is_torchvisions_default_weights(arch: str) -> None:
     assert tuple(transforms.mean) == IMAGENET_MEAN and tuple(transforms.std) == IMAGENET_STD
 
 
-def test_the_files_list_of_names_is_the_table() -> None:
-    assert tuple(BACKBONES) == BACKBONE_NAMES
+def test_a_build_record_admits_exactly_the_networks_of_the_table() -> None:
     assert {"resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
             "convnext_tiny", "regnet_y_400mf", "vgg16"} <= set(BACKBONES)  # fmt: skip
+    for arch in BACKBONES:
+        assert validate_build_record({"builder": "adapt", "kwargs": {"arch": arch}})["kwargs"]["arch"] == arch
+    with pytest.raises(ModelRecordError, match="arch must be one of"):
+        validate_build_record({"builder": "adapt", "kwargs": {"arch": "resnet152"}})
 
 
 def test_backbones_lists_smallest_first_as_text_and_html() -> None:

@@ -1,5 +1,12 @@
 """cifarkit: the classic first PyTorch classifier, as reliable, fast, reusable code.
 
+The names most people need, from the packages that own them: the data (:mod:`cifarkit.data`),
+the models (:mod:`cifarkit.models`), training (:mod:`cifarkit.training`), evaluation
+(:mod:`cifarkit.evaluation`), export (:mod:`cifarkit.exporting`), the file formats
+(:mod:`cifarkit.files`) and the command line (:mod:`cifarkit.cli`). How they import one another
+is one contract, in ``pyproject.toml``, checked by import-linter (the guide's "How cifarkit is
+built").
+
 Example:
     >>> import cifarkit
     >>> model = cifarkit.build_cnn(activation="relu")
@@ -7,16 +14,6 @@ Example:
     >>> history = cifarkit.train_loop(model, data.loader(seed=0), epochs=1, device="cpu", progress=False)
     >>> history.epochs[0].images
     256
-
-The package is flat; each module holds one concern and imports only modules below it (the
-layers are listed in the guide's "How cifarkit is built" page and kept by a test).
-
-May import: cifarkit.callbacks, cifarkit.data, cifarkit.doctor, cifarkit.errors,
-cifarkit.evaluation, cifarkit.exporting, cifarkit.files.checkpoints, cifarkit.files.diagnosis,
-cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.grads,
-cifarkit.history, cifarkit.loader, cifarkit.losses, cifarkit.models, cifarkit.preprocess,
-cifarkit.runtime, cifarkit.schedules, cifarkit.train, cifarkit.tuning, cifarkit.evaluation.interpretation,
-cifarkit.evaluation.report (never the command line).
 """
 
 from __future__ import annotations
@@ -24,28 +21,42 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cifarkit import errors
-from cifarkit.callbacks import EarlyStopping, TensorBoard
-from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
-from cifarkit.doctor import DoctorReport, doctor
-from cifarkit.evaluation import CalibrationReport, EvalResult, Prediction, calibrate, evaluate, predict
-from cifarkit.evaluation.interpretation import Interpretation, interpret
-from cifarkit.evaluation.report import write_report
-from cifarkit.exporting import ExportReport, export
+from cifarkit.data import ImageTensors, Loader, TensorLoader, load_cifar10, load_image_folder, synthetic_cifar10
+from cifarkit.evaluation import (
+    CalibrationReport,
+    EvalResult,
+    Interpretation,
+    Prediction,
+    calibrate,
+    evaluate,
+    interpret,
+    predict,
+    write_report,
+)
+from cifarkit.exporting import ExportedModel, ExportReport, export, load_exported
 from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from cifarkit.files.diagnosis import Diagnosis
-from cifarkit.files.inspection import FileInfo, inspect
-from cifarkit.files.saving import diagnose, load, save
-from cifarkit.folders import load_image_folder
-from cifarkit.grads import GradReport, StepReport, grad_report, watch_step
+from cifarkit.files.modelfiles import FileInfo, diagnose, inspect, load, save
 from cifarkit.history import EpochStats, History
-from cifarkit.loader import Loader, TensorLoader
 from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1_loss, mse_loss
-from cifarkit.models import CifarCNN, ModelSummary, adapt, adapt_vgg16, backbones, build_cnn, summary
+from cifarkit.models import Diagnosis, ModelSummary, adapt, adapt_vgg16, backbones, build_cnn, summary
 from cifarkit.preprocess import preprocessing_of
-from cifarkit.runtime import ExportedModel, load_exported
-from cifarkit.schedules import cosine, one_cycle
-from cifarkit.train import train_loop, train_one_epoch
-from cifarkit.tuning import LRFindResult, fine_tune, lr_find
+from cifarkit.training import (
+    DoctorReport,
+    EarlyStopping,
+    GradReport,
+    LRFindResult,
+    StepReport,
+    TensorBoard,
+    cosine,
+    doctor,
+    fine_tune,
+    grad_report,
+    lr_find,
+    one_cycle,
+    train_loop,
+    train_one_epoch,
+    watch_step,
+)
 
 try:
     __version__ = version("cifarkit")
@@ -55,7 +66,6 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "CalibrationReport",
     "Checkpoint",
-    "CifarCNN",
     "CrossEntropyLoss",
     "Diagnosis",
     "DoctorReport",

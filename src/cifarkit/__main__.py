@@ -1,7 +1,4 @@
-"""``python -m cifarkit``: the same command as ``cifarkit``.
-
-May import: cifarkit.cli.
-"""
+"""``python -m cifarkit``: the same command as ``cifarkit``."""
 
 from __future__ import annotations
 

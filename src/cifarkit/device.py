@@ -1,11 +1,10 @@
-"""Where and how a model runs: device choice, memory format, autocast, the CPU allocator, and
-seeing through the wrappers a model runs in (``DistributedDataParallel``'s ``module.``,
-``torch.compile``'s ``_orig_mod.``), for modules and for the keys of their ``state_dict``.
+"""Where and how a model runs: device choice, memory format, autocast, train/eval mode
+(:func:`eval_mode`), the CPU allocator, and seeing through the wrappers a model runs in
+(``DistributedDataParallel``'s ``module.``, ``torch.compile``'s ``_orig_mod.``), for modules and
+for the keys of their ``state_dict``.
 
 ``device="auto"`` is resolved here and nowhere else. The memory-format helpers put a model and
 its batches in the same layout once, so the training step itself never converts anything.
-
-May import: cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import torch
@@ -28,9 +27,11 @@ __all__ = [
     "amp_dtype",
     "autocast",
     "cpu_supports_bf16",
+    "eval_mode",
     "grad_scaler",
     "memory_format_for",
     "move_batch",
+    "move_images",
     "place_model",
     "resolve_device",
     "retain_cpu_memory",
@@ -144,6 +145,33 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block, and give every module back its own mode after
+    it, however the block ends (an exception, ``KeyboardInterrupt``, a generator closed early).
+
+    Each module's ``training`` flag is restored as it was, not the top module's for all: a
+    batch norm that a caller keeps in eval mode inside a training model stays so.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> net[1].eval()  # doctest: +ELLIPSIS
+        Dropout(...)
+        >>> with eval_mode(net):
+        ...     net.training, net[0].training
+        (False, False)
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def memory_format_for(model: nn.Module, channels_last: bool | None = None) -> torch.memory_format:
     """``torch.channels_last`` for models with ``Conv2d`` (or when asked), else contiguous.
 
@@ -173,23 +201,31 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool | No
     return fmt
 
 
+def move_images(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    """Put images on ``device`` in ``fmt``; a tensor already there is not copied.
+
+    Example:
+        >>> move_images(torch.zeros(2, 3, 4, 4), torch.device("cpu"), torch.channels_last).is_contiguous(
+        ...     memory_format=torch.channels_last)
+        True
+    """
+    if x.ndim == 4 and not x.is_contiguous(memory_format=fmt):
+        return x.to(device, non_blocking=True, memory_format=fmt)
+    return x.to(device, non_blocking=True) if x.device != device else x
+
+
 def move_batch(
     x: torch.Tensor, y: torch.Tensor, device: torch.device, fmt: torch.memory_format
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put a batch on ``device``, images in ``fmt``; tensors already there are not copied.
+    """Put a batch on ``device``, images in ``fmt`` (:func:`move_images`); tensors already there
+    are not copied.
 
     Example:
         >>> x, y = move_batch(torch.zeros(2, 3, 4, 4), torch.zeros(2), torch.device("cpu"), torch.channels_last)
         >>> x.is_contiguous(memory_format=torch.channels_last)
         True
     """
-    if x.ndim == 4 and not x.is_contiguous(memory_format=fmt):
-        x = x.to(device, non_blocking=True, memory_format=fmt)
-    elif x.device != device:
-        x = x.to(device, non_blocking=True)
-    if y.device != device:
-        y = y.to(device, non_blocking=True)
-    return x, y
+    return move_images(x, device, fmt), y.to(device, non_blocking=True) if y.device != device else y
 
 
 _ALLOCATOR_TUNED = False
@@ -203,9 +239,9 @@ def retain_cpu_memory() -> bool:
     page-faults them in again. Raising ``M_MMAP_THRESHOLD`` to its maximum (32 MiB) and
     ``M_TRIM_THRESHOLD`` to 1 GiB keeps them in the heap. The setting is **process-wide** and
     lasts until the process ends; the cost is that the process keeps its peak heap. Library
-    calls apply it only when asked (``train_loop(retain_memory=True)``); the ``cifarkit`` command,
-    which owns its process, turns it on. ``benchmarks/README.md`` has the measured gain.
-    Returns whether it was applied.
+    calls never apply it (a library call changes nothing outside the objects it is given); call
+    it yourself in a script you own. The ``cifarkit`` command, which owns its process, turns it
+    on. ``benchmarks/README.md`` has the measured gain. Returns whether it was applied.
 
     Example:
         >>> isinstance(retain_cpu_memory(), bool)

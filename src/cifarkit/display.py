@@ -4,11 +4,9 @@ progress where the run is watched.
 - Tables: :func:`format_table` is the one formatter behind every table cifarkit prints (gradient
   reports, model summaries, ``cifarkit inspect``), :func:`html_table` the same as HTML for Jupyter.
 - Figures: made on their own ``Figure`` (no global backend or state changed), shown inline in
-  Jupyter, or written to a PNG. matplotlib is imported only when a figure is made.
+  Jupyter, or written to a PNG (atomically). matplotlib is imported only when a figure is made.
 - Progress: a live bar in a terminal, a widget in Jupyter, and one plain line per epoch that
   stays on screen (and is all a log file gets). tqdm is imported only when a bar is shown.
-
-May import: cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cifarkit.errors import InvalidOptionError, MissingExtraError
-from cifarkit.files import PathLike
+from cifarkit.writing import PathLike, atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -147,14 +145,11 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def save_or_return(fig: Figure, path: PathLike | None) -> Path | Figure:
-    """Write ``fig`` as a PNG at ``path`` (parents created) and return the path; or, without a
-    path, return the figure itself."""
+    """Write ``fig`` as a PNG at ``path`` (atomically, parents created) and return the path; or,
+    without a path, return the figure itself."""
     if path is None:
         return fig
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
 
 
 T = TypeVar("T")

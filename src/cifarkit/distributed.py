@@ -11,8 +11,6 @@ summed over ranks so every rank's ``History`` holds the same global figures.
 
 A :class:`DistContext` is the collaborator the loop is handed: :meth:`DistContext.single` for an
 ordinary run, :func:`context` under ``torchrun``.
-
-May import: cifarkit.errors, cifarkit.loader.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from cifarkit.data.loader import Loader
 from cifarkit.errors import CifarkitError, DistributedError
-from cifarkit.loader import Loader
 
 __all__ = [
     "DistContext",
@@ -43,6 +41,7 @@ __all__ = [
     "all_sum_tensor",
     "context",
     "default_timeout",
+    "is_main_process",
     "launched_by_torchrun",
     "shard_data",
     "shard_dataloader",
@@ -77,6 +76,17 @@ class DistContext:
     def is_main(self) -> bool:
         """True on the rank that prints, logs and saves (rank 0; every single-process run)."""
         return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """True in the process that prints, logs and saves: rank 0 of an initialised process group,
+    and every ordinary single-process run (the one way cifarkit asks).
+
+    Example:
+        >>> is_main_process()
+        True
+    """
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -173,7 +183,7 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
 
 
 def shard_data(data: Iterable[Any], ctx: DistContext, *, pad: bool) -> Iterable[Any]:
-    """Give this rank its shard: a :class:`~cifarkit.loader.Loader`'s own ``shard``, or a
+    """Give this rank its shard: a :class:`~cifarkit.data.loader.Loader`'s own ``shard``, or a
     ``DataLoader`` rebuilt around a ``DistributedSampler`` with all its other options kept.
 
     ``pad=True`` (training) pads every shard to the same length as ``DistributedSampler`` does;

@@ -1,6 +1,5 @@
-"""The cifarkit exception hierarchy (the bottom layer: every other module may import it).
-
-May import: nothing from cifarkit.
+"""The cifarkit exception hierarchy and the validators of options (the bottom of the package:
+every other module may import it).
 
 Every error raised for a user's mistake is a :class:`CifarkitError` *and* the builtin exception
 it refines, so code that already catches ``ValueError`` or ``FileNotFoundError`` keeps working::
@@ -153,8 +152,13 @@ class HistoryFormatError(CifarkitError, ValueError):
 class WriteError(CifarkitError, OSError):
     """A file could not be written: disk full, a FIFO or device at the path, an fsync that failed.
 
-    The previous file at the path (if any) is intact and no temporary file is left behind.
+    ``replaced`` says which state the path is in. ``False`` (every failure before the rename): the
+    previous file (if any) is intact, and no temporary or new folder is left behind. ``True`` (the
+    folder's ``fsync`` failed after the rename): the path holds the complete new file, but the
+    rename may not survive a power cut. The message says the same.
     """
+
+    replaced: bool = False
 
 
 class PathIsDirectoryError(CifarkitError, IsADirectoryError):

@@ -2,8 +2,6 @@
 
 Plain dataclasses that round-trip through JSON (``history.json``) and through
 ``torch.load(weights_only=True)`` (checkpoints), and draw their own learning curves.
-
-May import: cifarkit.display, cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from cifarkit.display import format_table, html_table, new_figure, save_or_return
 from cifarkit.errors import HistoryFormatError, HistoryNotFoundError, check_choice
-from cifarkit.files import PathLike
+from cifarkit.writing import PathLike
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -144,7 +142,7 @@ class History:
 
     epochs: list[EpochStats] = field(default_factory=list)
     compile_seconds: float | None = None
-    #: With an :class:`~cifarkit.callbacks.EarlyStopping` callback: the epoch whose weights were best.
+    #: With an :class:`~cifarkit.training.callbacks.EarlyStopping` callback: the epoch whose weights were best.
     best_epoch: int | None = None
     #: Why training ended: ``"completed"``, ``"early stopping: ..."`` or ``"stopped by <callback>"``.
     stop_reason: str | None = None

@@ -10,8 +10,6 @@ confusing message or, worse, silently accepts:
 
 The ``nn.Module`` classes subclass ``torch.nn.L1Loss``/``MSELoss``/``CrossEntropyLoss``, so
 ``isinstance`` checks and ``reduction=`` keep working.
-
-May import: cifarkit.errors.
 """
 
 from __future__ import annotations

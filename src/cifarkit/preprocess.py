@@ -8,13 +8,11 @@ A record is plain JSON::
      "temperature": 1.7 (optional)}
 
 ``resize`` names how a picture of another size is brought to ``input_size`` (see
-:mod:`cifarkit.images`, which implements it, and :mod:`cifarkit.exporting`, which puts it in the
+:mod:`cifarkit.data.images`, which implements it, and :mod:`cifarkit.exporting`, which puts it in the
 exported program). ``temperature``, written by :func:`cifarkit.calibrate`, divides the logits
 before the softmax wherever probabilities are computed (:func:`probabilities`).
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
-
-May import: cifarkit.device, cifarkit.errors.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_CLASSES = 100_000
 #: The bounds of a calibration temperature in a record (``probabilities`` divide the logits by it).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
-#: The one resize method (float32 bilinear with antialiasing, rounded to uint8; see :mod:`cifarkit.images`).
+#: The one resize method (float32 bilinear with antialiasing, rounded to uint8; see :mod:`cifarkit.data.images`).
 RESIZE_METHOD = "bilinear-antialias"
 _ATTR = "_cifarkit_preprocess"
 Preprocess = dict[str, Any]

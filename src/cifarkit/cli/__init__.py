@@ -9,9 +9,6 @@ Bad arguments exit with status 2 and a one-line message (checked before any work
 message on one line (``--debug`` shows the traceback). No input prints a traceback otherwise.
 The command owns its process, so unlike a library call it may change process-wide settings: it
 seeds torch and turns on :func:`~cifarkit.device.retain_cpu_memory`.
-
-May import: cifarkit.cli.commands, cifarkit.device, cifarkit.errors, cifarkit.files.reading,
-cifarkit.files.writing, cifarkit.models.zoo.
 """
 
 from __future__ import annotations
@@ -26,9 +23,9 @@ from cifarkit.cli import commands
 from cifarkit.cli.commands import LESSON_HINT
 from cifarkit.device import resolve_device
 from cifarkit.errors import CifarkitError, cut
-from cifarkit.files.reading import versions
-from cifarkit.files.writing import check_writable
+from cifarkit.files.format import versions
 from cifarkit.models.zoo import BACKBONES
+from cifarkit.writing import check_writable
 
 __all__ = ["LESSON_HINT", "build_parser", "main"]
 
@@ -61,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data",
         default="synthetic",
-        help="'synthetic', a CIFAR-10 folder, or a folder with one sub-folder of images per class",
+        help="'synthetic', 'cifar10' (the cache folder, see --download), a CIFAR-10 folder, or a folder "
+        "with one sub-folder of images per class",
     )
+    run.add_argument("--download", action="store_true", help="--data cifar10: download it into the cache "
+                     "folder ($CIFARKIT_DATA/cifar10) when missing (MD5 checked)")  # fmt: skip
     run.add_argument("--image-size", type=int, default=32, help="side of the images read from a folder")
     run.add_argument("--val-fraction", type=float, default=0.2, help="share of a folder's images held out")
     run.add_argument("--weights", default=None, help="a torchvision --model: 'imagenet' or a state_dict file")
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a saved model")
     ev.add_argument("file")
-    ev.add_argument("--data", default="synthetic", help="'synthetic', a CIFAR-10 folder, or an image folder")
+    ev.add_argument("--data", default="synthetic", help="'synthetic', 'cifar10', a CIFAR-10 folder, or an image folder")
+    ev.add_argument("--download", action="store_true", help="--data cifar10: download it when missing")
     ev.add_argument("--image-size", type=int, default=None, help="side of the images read from a folder "
                     "(default: the size the model was trained on)")  # fmt: skip
     ev.add_argument("--count", type=int, default=2_000, help="synthetic images to evaluate on")
@@ -133,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in trust:
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("file")
-        cmd.add_argument("--data", default="synthetic", help="held-out labelled pictures: a folder, or 'synthetic'")
+        cmd.add_argument("--data", default="synthetic", help="held-out labelled pictures: a folder, 'cifar10', "
+                         "or 'synthetic'")  # fmt: skip
+        cmd.add_argument("--download", action="store_true", help="--data cifar10: download it when missing")
         cmd.add_argument("-o", "--output", required=True, help="the calibrated model file" if name == "calibrate"
                          else "the .html file")  # fmt: skip
         cmd.add_argument("--image-size", type=int, default=None, help="default: the size the model was trained on")
@@ -169,6 +172,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             resolve_device(args.device)
         if getattr(args, "command", None) in ("export", "calibrate", "report"):
             check_writable(args.output)
+        if getattr(args, "download", False) and args.data != "cifar10":
+            parser.error("--download fetches CIFAR-10 into its cache folder: use it with --data cifar10")
         if getattr(args, "reject_below", None) is not None and not 0 <= args.reject_below <= 1:
             parser.error("--reject-below must be a probability from 0 to 1")
         for name in ("out", "checkpoint"):
@@ -181,7 +186,14 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def _check_model_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if getattr(args, "model", None) not in ("cnn", "cnn-relu"):
+    if not hasattr(args, "model"):
+        return
+    if args.warmup_epochs and args.schedule != "cosine":
+        parser.error("--warmup-epochs is the warm-up of --schedule cosine: add --schedule cosine, or leave it out")
+    if args.fine_tune and args.momentum:
+        parser.error("--fine-tune trains with AdamW, which has no --momentum: leave it out (or train without "
+                     "--fine-tune, with SGD)")  # fmt: skip
+    if args.model not in ("cnn", "cnn-relu"):
         if getattr(args, "fine_tune", False) and args.schedule != "none":
             parser.error("--fine-tune has its own schedule (one cycle per phase): leave out --schedule")
         if getattr(args, "freeze_epochs", 0) < 0:

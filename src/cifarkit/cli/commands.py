@@ -1,12 +1,6 @@
 """What each ``cifarkit`` sub-command does, one ``_cmd_*`` function each, and the helpers they
 share (data from ``--data``, the model from ``--model``, the learning-rate finder). The parser and
 the usage checks are in :mod:`cifarkit.cli`.
-
-May import: cifarkit.callbacks, cifarkit.data, cifarkit.device, cifarkit.doctor, cifarkit.errors,
-cifarkit.evaluation, cifarkit.evaluation.calibration, cifarkit.evaluation.report, cifarkit.exporting,
-cifarkit.files.inspection, cifarkit.files.saving, cifarkit.folders, cifarkit.history, cifarkit.loader,
-cifarkit.losses, cifarkit.models, cifarkit.models.zoo, cifarkit.preprocess, cifarkit.runtime,
-cifarkit.schedules, cifarkit.train, cifarkit.tuning.
 """
 
 from __future__ import annotations
@@ -16,38 +10,44 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from cifarkit.callbacks import TensorBoard
-from cifarkit.data import ImageTensors, load_cifar10, synthetic_cifar10
+from cifarkit.data.cifar10 import load_cifar10
+from cifarkit.data.folders import is_image_folder, load_image_folder
+from cifarkit.data.loader import TensorLoader
+from cifarkit.data.synthetic import synthetic_cifar10
+from cifarkit.data.tensors import ImageTensors
 from cifarkit.device import Amp, resolve_device, retain_cpu_memory
-from cifarkit.doctor import doctor
-from cifarkit.evaluation import calibrate, evaluate, predict
+from cifarkit.distributed import is_main_process
+from cifarkit.evaluation.calibration import calibrate
+from cifarkit.evaluation.inference import predict
+from cifarkit.evaluation.metrics import evaluate
 from cifarkit.evaluation.report import write_report
-from cifarkit.exporting import export
-from cifarkit.files.inspection import inspect
-from cifarkit.files.saving import load, save
-from cifarkit.folders import is_image_folder, load_image_folder
+from cifarkit.exporting.programs import export
+from cifarkit.exporting.running import FORMATS as EXPORT_FORMATS
+from cifarkit.exporting.running import load_exported
+from cifarkit.files.modelfiles import inspect, load, save
 from cifarkit.history import History
-from cifarkit.loader import TensorLoader
 from cifarkit.losses import CrossEntropyLoss
-from cifarkit.models import adapt, build_cnn, head_of
+from cifarkit.models.cnn import build_cnn
+from cifarkit.models.pretrained import adapt, head_of
 from cifarkit.models.zoo import BACKBONES, freeze_features
 from cifarkit.preprocess import Preprocess, preprocessing_of
-from cifarkit.runtime import FORMATS as EXPORT_FORMATS
-from cifarkit.runtime import load_exported
-from cifarkit.schedules import Scheduler, cosine, one_cycle
-from cifarkit.train import train_loop
-from cifarkit.tuning import fine_tune, lr_find
+from cifarkit.training.callbacks import TensorBoard
+from cifarkit.training.finder import lr_find
+from cifarkit.training.finetune import fine_tune
+from cifarkit.training.loop import train_loop
+from cifarkit.training.preflight import doctor
+from cifarkit.training.schedules import Scheduler, cosine, one_cycle
 
 __all__ = ["LESSON_HINT"]
 
 
-def _data(spec: str, *, train: bool, count: int, seed: int) -> ImageTensors:
-    """``count`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split."""
+def _data(spec: str, *, train: bool, count: int, seed: int, download: bool = False) -> ImageTensors:
+    """``count`` synthetic images (held-out ones are drawn with ``seed + 1``), or a CIFAR-10 split:
+    ``cifar10`` is the cache folder (downloaded into with ``--download``), anything else its folder."""
     if spec == "synthetic":
         return synthetic_cifar10(count, seed=seed if train else seed + 1)
-    return load_cifar10(spec, train=train)
+    return load_cifar10(None if spec == "cifar10" else spec, train=train, download=download)
 
 
 def _train_and_held_out(args: argparse.Namespace) -> tuple[ImageTensors, ImageTensors]:
@@ -57,8 +57,9 @@ def _train_and_held_out(args: argparse.Namespace) -> tuple[ImageTensors, ImageTe
         return load_image_folder(args.data, size=args.image_size, val_fraction=fraction, seed=args.seed,
                                  progress=not args.quiet)  # fmt: skip
     eval_size = max(1, args.train_count // 5)  # synthetic held-out: a fifth of the training size
-    held_out = _data(args.data, train=False, count=eval_size, seed=args.seed)
-    return _data(args.data, train=True, count=args.train_count, seed=args.seed), held_out
+    download = bool(getattr(args, "download", False))
+    train = _data(args.data, train=True, count=args.train_count, seed=args.seed, download=download)
+    return train, _data(args.data, train=False, count=eval_size, seed=args.seed)
 
 
 def _normalization(model: torch.nn.Module) -> tuple[list[float], list[float]] | None:
@@ -118,6 +119,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     model, optimizer, train_data, _ = _setup(args)
+    if args.lr == "find":  # check the run at the rate it will train with
+        lr = _find_lr(args, model, optimizer, train_data)  # first: the finder restores the optimizer's groups
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     loss_fn = CrossEntropyLoss(label_smoothing=args.label_smoothing)
     report = doctor(model, train_data, optimizer=optimizer, loss_fn=loss_fn, amp=_amp(args.amp), device=args.device)
     print(report)
@@ -146,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         train_loop(model, train_data, epochs=args.epochs, optimizer=optimizer,
                    scheduler=_schedule(args, optimizer, lr, len(train_data)), **options)  # fmt: skip
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not is_main_process():
         return 0
     out = save(model, args.out, classes=classes)
     print(f"saved {out} ({out.stat().st_size:,} bytes) after {time.perf_counter() - started:.1f} s")
@@ -198,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         size = args.image_size or (tuple(recorded) if recorded else 32)
         data = load_image_folder(args.data, size=size, classes=saved_classes)
     else:
-        data = _data(args.data, train=False, count=args.count, seed=0)
+        data = _data(args.data, train=False, count=args.count, seed=0, download=args.download)
     classes = saved_classes or data.classes  # the file's names first
     device = resolve_device(args.device)
     loader = data.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
@@ -229,7 +234,7 @@ def _labelled(args: argparse.Namespace, model: torch.nn.Module, classes: list[st
         recorded = (preprocessing_of(model) or {}).get("input_size")
         size = args.image_size or (tuple(recorded) if recorded else 32)
         return load_image_folder(args.data, size=size, classes=classes)
-    return _data(args.data, train=False, count=args.count, seed=0)
+    return _data(args.data, train=False, count=args.count, seed=0, download=args.download)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

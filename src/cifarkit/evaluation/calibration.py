@@ -3,29 +3,28 @@ calibration error), and one temperature, fitted on held-out data, that brings th
 (:func:`calibrate`, temperature scaling as in Guo et al., 2017).
 
 The temperature goes into the model's preprocessing record (``"temperature"``), so it travels in
-every saved file and exported program, and :func:`~cifarkit.evaluation.predict`, ``evaluate``
+every saved file and exported program, and :func:`~cifarkit.evaluation.inference.predict`, ``evaluate``
 and the programs divide the logits by it before the softmax. It changes no prediction's class:
 only how sure the model says it is.
-
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.loader, cifarkit.preprocess.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit.device import move_batch, place_model, resolve_device, unwrap_model
+from cifarkit.data.loader import Batch, check_not_empty
+from cifarkit.device import resolve_device
 from cifarkit.display import format_table, html_table
 from cifarkit.errors import CalibrationError, EmptyDataError, ShapeError
-from cifarkit.loader import Batch, check_not_empty
+from cifarkit.evaluation.inference import model_outputs
+from cifarkit.evaluation.metrics import CalibrationBins
 from cifarkit.preprocess import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -33,58 +32,12 @@ from cifarkit.preprocess import (
     preprocessing_of,
     probabilities,
     set_preprocessing,
-    to_model_input,
 )
 
-__all__ = ["BINS", "CalibrationBins", "CalibrationReport", "calibrate", "expected_calibration_error"]
+__all__ = ["THRESHOLDS", "CalibrationReport", "calibrate", "fit_temperature"]
 
-#: Confidence bins of the expected calibration error (the usual 15, of equal width).
-BINS = 15
 #: The thresholds :class:`CalibrationReport` reports the kept share and accuracy for.
 THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
-
-
-class CalibrationBins:
-    """Per-bin sums over batches, on the device: images, confidence, correct answers, and the
-    summed negative log-likelihood. ``add`` never reads the device; :meth:`ece` and :meth:`nll`
-    read once."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(3, BINS, dtype=torch.float64, device=device)
-        self.nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-
-    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count a batch of probabilities ``(N, C)`` with their true classes ``(N,)``."""
-        confidence, predicted = probs.max(dim=1)
-        which = (confidence * BINS).long().clamp_(max=BINS - 1)
-        for row, values in enumerate((torch.ones_like(confidence), confidence, (predicted == labels).float())):
-            self.sums[row].index_add_(0, which, values.double())
-        picked = probs.gather(1, labels.reshape(-1, 1)).clamp_min(torch.finfo(probs.dtype).tiny)
-        self.nll_sum -= picked.double().log().sum()
-
-    def ece(self) -> float:
-        """Sum over bins of (share of images) x ``|accuracy - mean confidence|``; nan without images."""
-        count, confidence, correct = self.sums.cpu().unbind(0)
-        total = float(count.sum())
-        return float((confidence - correct).abs().sum()) / total if total else math.nan
-
-    def nll(self) -> float:
-        """Mean negative log-likelihood of the true class; nan without images."""
-        total = float(self.sums[0].sum())
-        return float(self.nll_sum) / total if total else math.nan
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """The expected calibration error of probabilities ``(N, C)`` over 15 equal-width bins.
-
-    Example:
-        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
-        >>> round(expected_calibration_error(probs, torch.tensor([0, 0, 0, 1])), 4)
-        0.1
-    """
-    bins = CalibrationBins(probs.device)
-    bins.add(probs, labels)
-    return bins.ece()
 
 
 @dataclass(frozen=True)
@@ -143,45 +96,14 @@ class CalibrationReport:
         )
 
 
-def model_outputs(
-    model: nn.Module, data: Iterable[Any], device: torch.device
-) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor], None, None]:
-    """``(x, y, logits)`` of every batch of ``data``, on ``device`` (``x`` as it came, moved).
-
-    The model runs in eval mode under ``torch.inference_mode()``; uint8 pixels are scaled and
-    normalized as its record says (float batches are taken as the loader normalized them). Its
-    train/eval mode is restored when the generator ends or is closed: iterate it inside
-    ``contextlib.closing`` so that an exception in the loop restores it at once.
-    Shared by :func:`calibrate` and :func:`~cifarkit.evaluation.interpretation.interpret`.
-
-    Raises:
-        ShapeError: a batch that is not an ``(x, y)`` pair: pictures without labels.
-    """
-    inner = unwrap_model(model)
-    fmt = place_model(inner, device, None)
-    record = preprocessing_of(inner)
-    was_training = inner.training
-    inner.eval()
-    try:
-        with torch.inference_mode():
-            for batch in data:
-                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                    msg = "labelled pictures are needed: (x, y) batches, or an ImageTensors with labels"
-                    raise ShapeError(msg)
-                x, y = move_batch(batch[0], batch[1], device, fmt)
-                yield x, y, inner(x if x.is_floating_point() else to_model_input(x, record)).float()
-    finally:
-        inner.train(was_training)
-
-
 def _logits_and_labels(
     model: nn.Module, data: Iterable[Batch], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Every logit and label of ``data``, and the pictures' size."""
     outputs, labels, size = [], [], []
-    with closing(model_outputs(model, data, device)) as batches:
+    with closing(model_outputs(model, data, device=device)) as batches:
         for x, y, out in batches:
-            outputs.append(out)
+            outputs.append(out.float())
             labels.append(y)
             size = [int(v) for v in x.shape[-2:]]
     if not outputs:
@@ -214,7 +136,7 @@ def calibrate(model: nn.Module, val_data: Iterable[Batch], *, device: str | torc
     temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)`` is found
     by L-BFGS on them. Use data the model was not trained on (the validation split), not the
     test set you report. The model's class predictions do not change; its probabilities do, in
-    :func:`~cifarkit.evaluation.predict`, ``evaluate`` and every file and program it is saved or
+    :func:`~cifarkit.evaluation.inference.predict`, ``evaluate`` and every file and program it is saved or
     exported to.
 
     Raises:

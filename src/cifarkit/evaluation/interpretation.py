@@ -2,13 +2,11 @@
 from, the most confused pairs of classes, and Grad-CAM heatmaps (fastai's ``Interpretation``,
 with the file names it cannot give).
 
-:func:`interpret` runs the model once over the data (the cost of one ``evaluate``) and keeps one
+:func:`interpret` runs the model once over the data (the one inference loop,
+:func:`~cifarkit.evaluation.inference.model_outputs`: the cost of one ``evaluate``) and keeps one
 loss and one probability row per picture. Heatmaps are computed only for the pictures shown, by
 Captum's ``LayerGradCam`` (the ``cifarkit[gradcam]`` extra) on a layer chosen for the network
 (:func:`cam_layer`).
-
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation.calibration,
-cifarkit.losses, cifarkit.models, cifarkit.models.zoo, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -26,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit.device import resolve_device, unwrap_model
+from cifarkit.device import eval_mode, resolve_device, unwrap_model
 from cifarkit.display import format_table, new_figure
 from cifarkit.errors import ClassIndexError, EmptyDataError, InvalidOptionError, MissingExtraError, ShapeError
-from cifarkit.evaluation.calibration import model_outputs
+from cifarkit.evaluation.inference import model_outputs
+from cifarkit.evaluation.metrics import confusion_counts
 from cifarkit.losses import LossFn
-from cifarkit.models import get_build_record
-from cifarkit.models.zoo import BACKBONES
+from cifarkit.models.records import backbone_of
 from cifarkit.preprocess import Preprocess, preprocessing_of, probabilities, to_model_input
 
 if TYPE_CHECKING:
@@ -70,11 +68,9 @@ def cam_layer(model: nn.Module) -> str:
         ('layer4', 'sequential.4', 'sequential.7')
     """
     inner = unwrap_model(model)
-    record = get_build_record(inner)
-    arch = None if record is None else record["kwargs"].get("arch")
-    if record is not None and record["builder"] in ("adapt", "adapt_vgg16") and arch in BACKBONES:
-        chosen: str = BACKBONES[str(arch)].cam_layer
-        return chosen
+    spec = backbone_of(inner)
+    if spec is not None:
+        return spec.cam_layer
     names = [name for name, module in inner.named_modules()]
     convs = [name for name, module in inner.named_modules() if isinstance(module, nn.Conv2d)]
     if not convs:
@@ -111,13 +107,8 @@ def heatmaps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, layer:
     except AttributeError as exc:
         msg = f"the model has no layer {name!r}; pass layer= one of its module names (model.named_modules())"
         raise InvalidOptionError(msg) from exc
-    was_training = inner.training
-    inner.eval()
-    try:
-        with torch.enable_grad():
-            cam = LayerGradCam(inner, module).attribute(x.detach().clone(), target=targets.tolist())
-    finally:
-        inner.train(was_training)
+    with eval_mode(inner), torch.enable_grad():
+        cam = LayerGradCam(inner, module).attribute(x.detach().clone(), target=targets.tolist())
     maps = LayerAttribution.interpolate(cam.detach().float(), tuple(x.shape[-2:]), "bilinear").clamp_min(0)[:, 0]
     top = maps.flatten(1).amax(1).clamp_min(1e-12).reshape(-1, 1, 1)
     scaled: torch.Tensor = (maps / top).cpu()
@@ -179,7 +170,7 @@ class Interpretation:
         """``(true, predicted, count)`` for every pair of different classes confused at least
         ``min_count`` times, most frequent first (ties: in class order)."""
         n = len(self.classes)
-        counts = torch.bincount(self.labels * n + self.predicted, minlength=n * n).reshape(n, n)
+        counts = confusion_counts(self.labels, self.predicted, n)
         pairs = [(int(counts[t, p]), t, p) for t in range(n) for p in range(n) if t != p]
         pairs = [pair for pair in pairs if pair[0] >= max(1, min_count)]
         pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
@@ -264,8 +255,8 @@ def interpret(model: nn.Module, data: Any, *, loss_fn: LossFn | None = None,
 
     Args:
         model: The trained classifier.
-        data: An :class:`~cifarkit.data.ImageTensors` (its ``sources`` give the file names), a
-            :class:`~cifarkit.loader.TensorLoader` (its images, labels and classes; the order of
+        data: An :class:`~cifarkit.data.tensors.ImageTensors` (its ``sources`` give the file names), a
+            :class:`~cifarkit.data.loader.TensorLoader` (its images, labels and classes; the order of
             the pictures is the tensors'), or any iterable of ``(x, y)`` batches.
         loss_fn: Per-picture loss; default cross-entropy. A loss with a ``reduction`` attribute
             (torch's and cifarkit's) is run with ``reduction="none"``.
@@ -287,7 +278,7 @@ def interpret(model: nn.Module, data: Any, *, loss_fn: LossFn | None = None,
     record = preprocessing_of(inner) or {}
     batches, classes, sources = _batches_of(data)
     pictures, labels, logits, losses = [], [], [], []
-    with closing(model_outputs(inner, batches, dev)) as outputs:
+    with closing(model_outputs(inner, batches, device=dev)) as outputs:
         for x, y, out in outputs:
             if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
                 msg = (f"labels run from {int(y.min())} to {int(y.max())} but the model has {out.shape[1]} "

@@ -3,9 +3,6 @@ matrix, most confused pairs, the worst pictures with their files and heatmaps, a
 
 The file is self-contained (every picture and plot inline as a ``data:`` URI, no script or style
 from elsewhere) and written atomically: on any failure nothing is written.
-
-May import: cifarkit.display, cifarkit.errors, cifarkit.evaluation, cifarkit.evaluation.calibration,
-cifarkit.evaluation.interpretation, cifarkit.files, cifarkit.files.writing, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -21,12 +18,12 @@ import torch
 from torch import nn
 
 from cifarkit.display import figure_png, html_table
-from cifarkit.evaluation import EvalResult
-from cifarkit.evaluation.calibration import CalibrationBins, fit_temperature
+from cifarkit.distributed import DistContext
+from cifarkit.evaluation.calibration import fit_temperature
 from cifarkit.evaluation.interpretation import Interpretation, interpret
-from cifarkit.files import PathLike
-from cifarkit.files.writing import atomic_write
+from cifarkit.evaluation.metrics import CalibrationBins, ClassMeter, EvalResult
 from cifarkit.preprocess import probabilities
+from cifarkit.writing import PathLike, atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,12 +64,13 @@ def _calibration_rows(found: Interpretation) -> tuple[list[tuple[str, ...]], str
 def _figures(found: Interpretation) -> EvalResult:
     """``evaluate``'s figures from what :func:`interpret` kept: no second pass over the pictures."""
     n = len(found.classes)
-    confusion = torch.bincount(found.labels * n + found.predicted, minlength=n * n).reshape(n, n)
-    counts = confusion.sum(1)
-    per_class = [float(confusion[c, c] / counts[c]) if int(counts[c]) else math.nan for c in range(n)]
-    ranked = found.logits.topk(min(5, n), dim=1).indices
-    topk = {j: float((ranked[:, :j] == found.labels[:, None]).any(1).float().mean()) for j in sorted({1, min(5, n)})}
-    return EvalResult(float(found.losses.mean()), topk[1], len(found), topk, per_class, confusion)
+    meter = ClassMeter(n, topk=tuple(sorted({1, min(5, n)})), device=torch.device("cpu"))
+    meter.add(found.logits, found.labels)
+    counts = meter.totals(DistContext.single(torch.device("cpu")))
+    topk = {k: hits / len(found) for k, hits in counts.topk_hits.items()}
+    return EvalResult(
+        float(found.losses.mean()), topk[1], len(found), topk, counts.per_class_accuracy, counts.confusion
+    )
 
 
 def _sections(found: Interpretation, k: int, heatmap: bool) -> list[str]:
@@ -118,7 +116,7 @@ def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, he
 
     Args:
         model: The trained classifier (its record's calibration temperature is used).
-        data: An :class:`~cifarkit.data.ImageTensors` (from ``load_image_folder``: the worst
+        data: An :class:`~cifarkit.data.tensors.ImageTensors` (from ``load_image_folder``: the worst
             pictures are named by file), a ``TensorLoader`` or ``(x, y)`` batches.
         path: The ``.html`` file to write (atomically).
         k: How many of the worst pictures to show.

@@ -1,34 +1,26 @@
-"""The file formats, in one place: model files, checkpoints, and how cifarkit reads and writes them.
+"""The file formats: model files, training checkpoints, and the cifarkit format they share.
 
-Start here when a file will not load or you want to know what one holds:
+Start here when a file will not load, or to know what one holds:
 
-======================================= ================================================================
-:mod:`cifarkit.files.saving`             ``save``, ``load``, ``diagnose``: model files (``state_dict``,
-                                         whole pickled model, safetensors), rebuilt without pickle
-:mod:`cifarkit.files.checkpoints`        ``save_checkpoint``, ``load_checkpoint``: everything a resume needs
-:mod:`cifarkit.files.inspection`         ``inspect``: what a file holds, without building anything
-:mod:`cifarkit.files.diagnosis`          why weights do not fit a model ("Missing key(s)", "size mismatch")
-:mod:`cifarkit.files.reading`            safe reading: the layout, ``weights_only`` loading, the checks
-:mod:`cifarkit.files.records`            build records: which model a file rebuilds, checked first
-:mod:`cifarkit.files.checksums`          the one SHA-256 over a file's payload, bounds on its structure
-:mod:`cifarkit.files.archives`           byte-level checks of zip and pickle files before torch sees them
-:mod:`cifarkit.files.writing`            atomic writes: a path holds the old file or the whole new one
-======================================= ================================================================
+===================================== ==================================================================
+:mod:`cifarkit.files.modelfiles`       ``save``, ``load``, ``inspect``, ``diagnose``: model files (the
+                                       tutorial's two methods, safetensors), rebuilt without pickle
+:mod:`cifarkit.files.checkpoints`      ``save_checkpoint``, ``load_checkpoint``: everything a resume needs
+:mod:`cifarkit.files.format`           the layout of both, their one SHA-256, the version read, reading
+                                       and checking what a file says before anything is built from it
+===================================== ==================================================================
 
-The names most people need are importable from ``cifarkit`` itself (``cifarkit.save``,
-``cifarkit.load``, ``cifarkit.inspect``, ``cifarkit.save_checkpoint``...). This package imports
-none of its modules, so importing one of them (say, the atomic writer) loads nothing else.
-
-It also holds :data:`PathLike`, what every cifarkit function takes as a file path.
-
-May import: nothing from cifarkit.
+Below them, two modules every owner shares: :mod:`cifarkit.writing` (``PathLike`` and the atomic
+writer: a path holds the old file or the whole new one) and :mod:`cifarkit.untrusted` (reading a
+file someone else made: its kind, its zip directory, torch's ``weights_only`` unpickler, bounds on
+its structure). The names most people need are importable from ``cifarkit`` itself
+(``cifarkit.save``, ``cifarkit.load``, ``cifarkit.inspect``, ``cifarkit.save_checkpoint``...).
+Anything read from a file is untrusted: see ``SECURITY.md``.
 """
 
 from __future__ import annotations
 
-import os
+from cifarkit.files.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from cifarkit.files.modelfiles import FileInfo, diagnose, inspect, load, save
 
-__all__ = ["PathLike"]
-
-#: What every cifarkit function takes as a file path (the one alias).
-PathLike = str | os.PathLike[str]
+__all__ = ["Checkpoint", "FileInfo", "diagnose", "inspect", "load", "load_checkpoint", "save", "save_checkpoint"]

@@ -1,18 +1,14 @@
 """Training checkpoints: everything needed to resume a run after an epoch, written atomically.
 
-A checkpoint embeds the model file's payload (see :mod:`cifarkit.files.reading`), the optimizer state, the
+A checkpoint embeds the model file's payload (see :mod:`cifarkit.files.format`), the optimizer state, the
 epoch, the :class:`~cifarkit.history.History`, the scheduler's and gradient scaler's states, the
 best-so-far figure and weights, the loader's seed and epoch, and every random state (torch's CPU
 and CUDA generators, Python's ``random``, numpy's when it is imported), as tensors and plain
 values only: it loads with ``torch.load(weights_only=True)``.
 
-One format version, :data:`~cifarkit.files.CHECKPOINT_VERSION` (4: every field above, the
+One format version, :data:`~cifarkit.files.format.CHECKPOINT_VERSION` (4: every field above, the
 callbacks' states included, under one SHA-256, ``payload_sha256``); a checkpoint of another
 version is refused with its number (the run is started again; nothing was released before it).
-
-May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.checksums,
-cifarkit.files.diagnosis, cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.saving,
-cifarkit.files.writing, cifarkit.history.
 """
 
 from __future__ import annotations
@@ -33,20 +29,20 @@ from torch import nn
 
 from cifarkit.device import unwrap_model
 from cifarkit.errors import CorruptCheckpointError, HistoryFormatError, NotACheckpointError, StateDictMismatchError
-from cifarkit.files import PathLike
-from cifarkit.files.checksums import excerpt, payload_digest
-from cifarkit.files.diagnosis import diagnose_state_dict
-from cifarkit.files.inspection import metadata_problems
-from cifarkit.files.reading import (
+from cifarkit.files.format import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     DIGEST_KEY,
+    metadata_problems,
+    payload_digest,
     read_payload,
     weights_and_record,
 )
-from cifarkit.files.saving import check_finite_weights, state_payload
-from cifarkit.files.writing import atomic_write, check_writable
+from cifarkit.files.modelfiles import check_finite_weights, state_payload
 from cifarkit.history import History
+from cifarkit.models.fitting import diagnose_state_dict
+from cifarkit.untrusted import excerpt
+from cifarkit.writing import PathLike, atomic_write, check_writable
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -123,7 +119,7 @@ def save_checkpoint(
 ) -> Path:
     """Atomically save everything needed to resume training after ``epoch`` epochs.
 
-    The file holds the model payload (as :func:`~cifarkit.files.saving.save`), the optimizer state,
+    The file holds the model payload (as :func:`~cifarkit.files.modelfiles.save`), the optimizer state,
     the epoch, the :class:`~cifarkit.history.History`, the ``scheduler``'s and ``scaler``'s
     states, ``callbacks`` (each stateful callback's ``state_dict()``), ``loader`` (the loader's seed and epoch),
     ``extra`` (plain containers, numbers, strings, tensors) and every random state, and loads

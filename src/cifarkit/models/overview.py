@@ -1,7 +1,4 @@
-"""A model's parameters at a glance: counts and a per-layer table (the tutorial's ``print(model)``).
-
-May import: cifarkit.display.
-"""
+"""A model's parameters at a glance: counts and a per-layer table (the tutorial's ``print(model)``)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,6 @@ the layers from the earliest to the head for discriminative learning rates).
 Each network is one :class:`Backbone` row of :data:`BACKBONES`, written out here so that listing
 them or finding a weights file imports no torchvision; a test keeps every row equal to
 torchvision's own weights metadata (file, parameter count, input size, mean and std).
-
-May import: cifarkit.display, cifarkit.errors.
 """
 
 from __future__ import annotations

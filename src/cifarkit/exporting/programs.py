@@ -1,4 +1,5 @@
-"""Use the model anywhere: ONNX and ``torch.export`` files that take a picture's raw pixels.
+"""Writing programs that use the model anywhere: ONNX and ``torch.export`` files that take a
+picture's raw pixels.
 
 :func:`export` wraps the model in :class:`PixelPipeline`, the preprocessing of its record made
 part of the program, and writes it with PyTorch's own exporters (``torch.export``; for ONNX,
@@ -12,16 +13,13 @@ part of the program, and writes it with PyTorch's own exporters (``torch.export`
 Nothing counts before it is checked: the file is written under a temporary name, run
 (onnxruntime, or ``torch.export.load``) on batches of one and several pictures at the record's
 size and at two other sizes, and compared with the eager pipeline
-(:func:`~cifarkit.evaluation.class_probabilities`, what ``predict`` computes); only then is it
-moved into place. :func:`~cifarkit.runtime.load_exported` runs such a file as an ``nn.Module``, so ``predict`` and
-``evaluate`` (and the command line) take ``.onnx`` and ``.pt2`` files too (:mod:`cifarkit.runtime`).
+(:func:`~cifarkit.evaluation.inference.class_probabilities`, what ``predict`` computes); only
+then is it moved into place. :func:`~cifarkit.exporting.running.load_exported` runs such a file
+as an ``nn.Module``, so ``predict`` and ``evaluate`` (and the command line) take ``.onnx`` and
+``.pt2`` files too.
 
 onnx, onnxscript and onnxruntime come with ``pip install 'cifarkit[export]'`` and are imported
 only here, when used.
-
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.evaluation, cifarkit.files,
-cifarkit.files.reading, cifarkit.files.saving, cifarkit.files.writing, cifarkit.images,
-cifarkit.preprocess, cifarkit.runtime.
 """
 
 from __future__ import annotations
@@ -41,17 +39,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifarkit.data.images import to_size
 from cifarkit.device import unwrap_model
 from cifarkit.display import format_table, html_table
 from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError
-from cifarkit.evaluation import class_probabilities
-from cifarkit.files import PathLike
-from cifarkit.files.reading import versions
-from cifarkit.files.saving import check_finite_weights
-from cifarkit.files.writing import atomic_write, check_writable
-from cifarkit.images import to_size
+from cifarkit.evaluation.inference import class_probabilities
+from cifarkit.exporting.running import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
+from cifarkit.files.format import versions
+from cifarkit.files.modelfiles import check_finite_weights
 from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_preprocessing, validate_record
-from cifarkit.runtime import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
+from cifarkit.writing import PathLike, atomic_write, check_writable
 
 __all__ = ["ExportReport", "PixelPipeline", "export"]
 
@@ -72,7 +69,7 @@ class PixelPipeline(nn.Module):
     ``(B, C)``; the probabilities are ``softmax(logits / temperature)`` with the record's
     calibration temperature (1 without one). A picture of the record's size is not resized
     (``torch.cond``); others go through the same operations as
-    :func:`~cifarkit.images.resize_pixels`.
+    :func:`~cifarkit.data.images.resize_pixels`.
 
     Example:
         >>> from cifarkit import build_cnn
@@ -273,7 +270,7 @@ def export(
 
     The file is written under a temporary name, run on batches of 1 and 4 pictures at the
     record's size and at two other sizes, and compared with the eager pipeline (what
-    :func:`~cifarkit.evaluation.predict` computes): within 1e-4 in every probability at the
+    :func:`~cifarkit.evaluation.inference.predict` computes): within 1e-4 in every probability at the
     record's size, the same top-1 class and within 1e-2 at the others. Only then is it moved
     into place (atomically). The model itself is not changed: a copy is exported, on the CPU.
 

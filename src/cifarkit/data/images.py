@@ -1,7 +1,7 @@
 """Pictures in: the one path from an image file, a PIL image or a tensor to the model's pixels.
 
 Every reader of pictures goes through :func:`read_pixels` and :func:`resize_pixels`:
-:func:`~cifarkit.folders.load_image_folder` (training), :func:`~cifarkit.evaluation.predict`,
+:func:`~cifarkit.data.folders.load_image_folder` (training), :func:`~cifarkit.evaluation.inference.predict`,
 evaluation on a folder, the command line, and the check of an exported program. So the same
 file gives the *same uint8 tensor* in training and in prediction. The steps:
 
@@ -13,8 +13,6 @@ file gives the *same uint8 tensor* in training and in prediction. The steps:
    runs these same operations, so it reproduces them.
 
 Pillow is imported only when a picture (not a tensor) is read, so ``import cifarkit`` stays fast.
-
-May import: cifarkit.errors, cifarkit.files, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from cifarkit.errors import ImageReadError, InvalidOptionError, ShapeError
-from cifarkit.files import PathLike
 from cifarkit.preprocess import RESIZE_METHOD
+from cifarkit.writing import PathLike
 
 __all__ = ["RESIZE_METHOD", "decode_file", "image_batch", "image_tensor", "read_pixels", "resize_pixels", "to_size"]
 
@@ -142,7 +140,7 @@ def image_tensor(item: object) -> torch.Tensor:
     """One input as a float tensor in [0, 1]: ``(3, H, W)`` or ``(N, 3, H, W)``.
 
     ``item`` is a file path, a PIL image (any mode: converted to RGB) or a tensor; uint8 tensors
-    are scaled by 1/255 as :class:`~cifarkit.loader.TensorLoader` does.
+    are scaled by 1/255 as :class:`~cifarkit.data.loader.TensorLoader` does.
 
     Raises:
         ImageReadError: a file is missing or not an image (the message names it).

@@ -3,8 +3,6 @@
 The tutorial sets a breakpoint to watch ``.grad`` go from ``None`` to values after
 ``backward()`` and the weights change after ``step()``. :func:`grad_report` and
 :func:`watch_step` print the same facts as tables.
-
-May import: cifarkit.device, cifarkit.display.
 """
 
 from __future__ import annotations

@@ -1,30 +1,39 @@
-"""Training policies as objects: what ``train_loop(..., callbacks=[...])`` calls around the epochs.
+"""Training policies as objects: what ``train_loop(..., callbacks=[...])`` calls, and when.
 
 A callback is any object with any of these hooks; one it does not define is skipped (as in
-Lightning Fabric), so a callback writes only what it needs:
+Lightning Fabric), so a callback writes only what it needs. The loop calls nothing else and
+looks for no particular class: the built-in callbacks use these hooks and no others.
 
-==================================== ============================================================
-``set_model(model)``                 before training: the model being trained (wrappers removed),
-                                     as Keras hands it over
-``on_train_start(history)``          before the first epoch (after a resume: with the resumed
-                                     history); the place to refuse options that cannot be
-                                     honoured
-``on_epoch_end(epoch, history)``     after each epoch, its evaluation included; returning
-                                     ``True`` stops training (set ``history.stop_reason`` to say
-                                     why)
-``on_train_end(history)``            after the last epoch, also after an early stop
-==================================== ============================================================
+===================================== ===========================================================
+``set_model(model)``                  before training: the model being trained (wrappers
+                                      removed), as Keras hands it over
+``on_train_start(history)``           before the first epoch (after a resume: with the resumed
+                                      history); the place to refuse options that cannot be
+                                      honoured
+``on_epoch_start(epoch, history)``    before each epoch (``epoch`` from 0); a callback may
+                                      freeze or unfreeze parameters here
+``on_step_end(step)``                 after every optimizer step: a :class:`StepEnd` (epoch,
+                                      batch, step, learning rate, the loss as a tensor not yet
+                                      read, the batch and its outputs). Reading a number from it
+                                      waits for the device: that is the callback's choice
+``on_epoch_end(epoch, history)``      after each epoch, its evaluation included; returning
+                                      ``True`` stops training (set ``history.stop_reason`` to
+                                      say why)
+``on_train_end(history)``             at the end, **however training ended**: completed, stopped
+                                      by a callback, raised, or interrupted (``KeyboardInterrupt``);
+                                      ``history.stop_reason`` says which. Every callback's runs,
+                                      in reverse order (the last one set up is the first torn
+                                      down), even when another's raised
+===================================== ===========================================================
 
 A plain function ``f(epoch, history)`` is an epoch-end callback. A callback with
 ``state_dict()`` and ``load_state_dict(state)`` has its state saved in every checkpoint and
 restored on resume (as in Lightning), so a resumed run ends bit-identical.
 
 The built-in policies, one object each (as Keras's ``EarlyStopping``): :class:`EarlyStopping`
-(best weights, with or without stopping) and :class:`TensorBoard` (the run's scalars, first
-batch, graph and ``history.json``).
-
-May import: cifarkit.errors, cifarkit.files, cifarkit.files.saving, cifarkit.files.writing,
-cifarkit.history, cifarkit.preprocess.
+(best weights, with or without stopping) and :class:`TensorBoard` (the run's scalars, the
+learning rate of every step, the first batch, the graph and ``history.json``);
+:class:`~cifarkit.training.finetune.FineTune` is the one of :func:`cifarkit.fine_tune`.
 """
 
 from __future__ import annotations
@@ -32,22 +41,23 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from cifarkit.device import eval_mode
+from cifarkit.distributed import is_main_process
 from cifarkit.errors import InvalidOptionError, MissingExtraError, check_choice, check_positive_int
-from cifarkit.files import PathLike
-from cifarkit.files.saving import save
-from cifarkit.files.writing import atomic_write
+from cifarkit.files.modelfiles import save
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
 from cifarkit.preprocess import preprocessing_of
+from cifarkit.writing import PathLike, atomic_write
 
-__all__ = ["FIGURES", "Callbacks", "EarlyStopping", "Mode", "TensorBoard"]
+__all__ = ["FIGURES", "HOOKS", "Callbacks", "EarlyStopping", "Mode", "StepEnd", "TensorBoard"]
 
 Mode = Literal["min", "max"]
 #: The figures a run records and :class:`EarlyStopping` can watch; the ``eval_*`` ones need
@@ -55,8 +65,42 @@ Mode = Literal["min", "max"]
 FIGURES = EVAL_FIGURES + TRAIN_FIGURES
 
 
-def _is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+#: Every hook the loop calls, in the order a run calls them.
+HOOKS = ("set_model", "on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_train_end")
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What an optimizer step knows when it ends: what ``on_step_end(step)`` receives.
+
+    Nothing here has been read from the device: ``loss`` is the batch's loss as a tensor (detached:
+    keeping it keeps no graph). ``float(step.loss)`` waits for the device to finish the step; a
+    callback that reads it every step pays that wait, the loop never does.
+
+    Attributes:
+        epoch: The epoch, from 0.
+        batch: The batch within the epoch, from 0 (with ``accumulate``, the last batch of the step).
+        step: Optimizer steps in this epoch so far, from 1.
+        optimizer: The optimizer that stepped (its ``param_groups`` hold the rates).
+        loss: The batch's loss (a 0-d tensor, detached, on the device).
+        inputs: The batch as the model saw it ``(B, 3, H, W)``.
+        outputs: The model's logits ``(B, C)`` (part of the autograd graph until the next step).
+        targets: The labels ``(B,)``.
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    optimizer: torch.optim.Optimizer
+    loss: torch.Tensor
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def lr(self) -> float:
+        """The first parameter group's learning rate after the step (and a per-batch schedule)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
 
 class EarlyStopping:
@@ -143,7 +187,7 @@ class EarlyStopping:
             return False
         self.best_value, self.best_epoch, self.bad_epochs = float(value), stats.epoch, 0
         self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if self.save_to is not None and _is_main_process():
+        if self.save_to is not None and is_main_process():
             save(model, self.save_to, classes=(preprocessing_of(model) or {}).get("classes"))
         return True
 
@@ -213,8 +257,9 @@ class TensorBoard:
                                  step (the step is the optimizer-step count): schedules show here
     =========================== ===============================================================
 
-    Besides the three hooks, :func:`~cifarkit.train.train_one_epoch` calls
-    :meth:`log_first_batch` and :meth:`log_lr` during the epoch.
+    It is a callback like any other: ``on_step_end`` logs the learning rate of every step (and,
+    after the first, that batch as an image grid and the model's graph); ``on_train_end`` closes
+    the event file however the run ended.
 
     Raises:
         MissingExtraError: TensorBoard is not installed (at once, before training).
@@ -238,42 +283,47 @@ class TensorBoard:
         self._writer_class = SummaryWriter
         self.log_dir = Path(log_dir)
         self._writer: Any = None
+        self._model: nn.Module | None = None
         self._first_batch_done = False
         self._optimizer_steps = 0
 
     def on_train_start(self, history: History) -> None:
         """Open the event file (on the first process only)."""
-        if self._writer is None and _is_main_process():
+        if self._writer is None and is_main_process():
             self._writer = self._writer_class(str(self.log_dir))
         self._first_batch_done = False
 
-    def log_first_batch(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Once per run: an image grid of the first training batch and the model graph."""
-        if self._first_batch_done or self._writer is None:
+    def set_model(self, model: nn.Module) -> None:
+        """The model whose graph is drawn."""
+        self._model = model
+
+    def on_step_end(self, step: StepEnd) -> None:
+        """After every optimizer step: its learning rate (a Python float: no device sync); after
+        the run's first, an image grid of that batch and the model's graph."""
+        self._optimizer_steps += 1
+        if self._writer is None:
             return
-        self._first_batch_done = True
+        self._writer.add_scalar("optim/lr_step", step.lr, self._optimizer_steps)
+        if not self._first_batch_done:
+            self._first_batch_done = True
+            self._log_first_batch(step.inputs)
+
+    def _log_first_batch(self, x: torch.Tensor) -> None:
         from torchvision.utils import make_grid
 
         images = x[:64].detach().float().cpu().contiguous()
         if images.min() < 0 or images.max() > 1:  # normalised input: rescale for display
             images = (images - images.min()) / (images.max() - images.min()).clamp_min(1e-12)
         self._writer.add_image("data/first_batch", make_grid(images, nrow=8), 0)
-        was_training = model.training
-        model.eval()  # no dropout RNG draws, no BatchNorm statistics updates while tracing
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._writer.add_graph(model, x[:1].detach())
-        except Exception as exc:  # tracing fails for some models: the graph is optional
-            warnings.warn(f"TensorBoard graph skipped: tracing the model failed ({exc})", stacklevel=2)
-        finally:
-            model.train(was_training)
-
-    def log_lr(self, optimizer: torch.optim.Optimizer) -> None:
-        """After an optimizer step: its learning rate (a Python float: no device sync)."""
-        self._optimizer_steps += 1
-        if self._writer is not None:
-            self._writer.add_scalar("optim/lr_step", float(optimizer.param_groups[0]["lr"]), self._optimizer_steps)
+        if self._model is None:
+            return
+        # eval mode: no dropout RNG draws, no BatchNorm statistics updates while tracing
+        with eval_mode(self._model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self._writer.add_graph(self._model, x[:1].detach())
+            except Exception as exc:  # tracing fails for some models: the graph is optional
+                warnings.warn(f"TensorBoard graph skipped: tracing the model failed ({exc})", stacklevel=2)
 
     def on_epoch_end(self, epoch: int, history: History) -> None:
         """Write the epoch's scalars and rewrite ``history.json`` atomically."""
@@ -310,9 +360,6 @@ class TensorBoard:
             self._writer = None
 
 
-_HOOKS = ("set_model", "on_train_start", "on_epoch_end", "on_train_end")
-
-
 class _EpochFunction:
     """A plain ``f(epoch, history)`` as an epoch-end callback."""
 
@@ -324,7 +371,8 @@ class _EpochFunction:
 
 
 class Callbacks:
-    """The callbacks of one run, called in the order given (what ``train_loop`` drives).
+    """The callbacks of one run, called in the order given (``on_train_end``: in reverse): what
+    ``train_loop`` drives, and ``train_one_epoch`` for ``on_step_end``.
 
     Raises:
         InvalidOptionError: an object with none of the hooks that is not a function either.
@@ -332,23 +380,29 @@ class Callbacks:
     Example:
         >>> seen = []
         >>> run = Callbacks([lambda epoch, history: seen.append(epoch)])
-        >>> run.on_epoch_end(0, History()), seen
-        (False, [0])
+        >>> run.on_epoch_end(0, History()), seen, run.hears_steps
+        (False, [0], False)
     """
 
     def __init__(self, callbacks: Iterable[object] = ()) -> None:
         self.items: list[Any] = []
         for callback in callbacks:
-            if any(callable(getattr(callback, hook, None)) for hook in _HOOKS):
+            if any(callable(getattr(callback, hook, None)) for hook in HOOKS):
                 self.items.append(callback)
             elif callable(callback):
                 self.items.append(_EpochFunction(callback))
             else:
                 msg = (
-                    f"callbacks must be objects with any of {', '.join(_HOOKS)} or functions f(epoch, history); "
+                    f"callbacks must be objects with any of {', '.join(HOOKS)} or functions f(epoch, history); "
                     f"got {type(callback).__name__}"
                 )
                 raise InvalidOptionError(msg)
+        self._step_hooks = [c.on_step_end for c in self.items if callable(getattr(c, "on_step_end", None))]
+
+    @property
+    def hears_steps(self) -> bool:
+        """True when a callback has ``on_step_end`` (the step builds a :class:`StepEnd` only then)."""
+        return bool(self._step_hooks)
 
     def _call(self, hook: str, *args: Any) -> list[Any]:
         return [getattr(c, hook)(*args) for c in self.items if callable(getattr(c, hook, None))]
@@ -361,17 +415,32 @@ class Callbacks:
         """Before the first epoch."""
         self._call("on_train_start", history)
 
+    def on_epoch_start(self, epoch: int, history: History) -> None:
+        """Before each epoch."""
+        self._call("on_epoch_start", epoch, history)
+
+    def on_step_end(self, step: StepEnd) -> None:
+        """After every optimizer step."""
+        for hook in self._step_hooks:
+            hook(step)
+
     def on_epoch_end(self, epoch: int, history: History) -> bool:
         """Call every callback (all of them, even after one asked to stop); ``True``: stop."""
         return any(bool(answer) for answer in self._call("on_epoch_end", epoch, history))
 
     def on_train_end(self, history: History) -> None:
-        """After the last epoch."""
-        self._call("on_train_end", history)
-
-    def of_type(self, kind: type[Any]) -> Sequence[Any]:
-        """The callbacks that are instances of ``kind``."""
-        return [c for c in self.items if isinstance(c, kind)]
+        """Every callback's ``on_train_end``, last first, each one even when another raised; then
+        the first error (if any) is raised."""
+        errors: list[BaseException] = []
+        for callback in reversed(self.items):
+            hook = getattr(callback, "on_train_end", None)
+            if callable(hook):
+                try:
+                    hook(history)
+                except Exception as exc:  # the others still tear down; the first error is reported
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _stateful(self) -> dict[str, Any]:
         return {

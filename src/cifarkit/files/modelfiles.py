@@ -1,16 +1,14 @@
-"""Saving and loading models: both of the tutorial's methods, safe, diagnosed and crash-proof.
+"""Model files: ``save`` with either of the tutorial's methods (or safetensors), ``load`` that
+rebuilds the model with no pickle, ``inspect`` that describes a file without building anything,
+and ``diagnose`` that says why weights do not fit a model.
 
-``save(model, path)`` writes the cifarkit format (weights, build record, class names, versions and
-a SHA-256; see :mod:`cifarkit.files.reading` for the layout), readable with plain
-``torch.load(path, weights_only=True)``. ``method="full"`` is ``torch.save(model)`` (a pickled
+``save(model, path)`` writes the cifarkit format (see :mod:`cifarkit.files.format`), readable with
+plain ``torch.load(path, weights_only=True)``. ``method="full"`` is ``torch.save(model)`` (a pickled
 module); ``method="safetensors"`` writes the same ``state_dict`` with the other fields as JSON
-strings in the safetensors metadata. Every write is atomic: the previous file stays intact until
-the new one is complete on disk. ``load`` rebuilds the model from its record with no pickle;
-``inspect`` describes a file; ``diagnose`` explains why weights do not fit a model.
-
-May import: cifarkit.device, cifarkit.errors, cifarkit.files, cifarkit.files.checksums,
-cifarkit.files.diagnosis, cifarkit.files.inspection, cifarkit.files.reading, cifarkit.files.writing,
-cifarkit.models, cifarkit.preprocess.
+strings in the safetensors metadata. Every write is atomic (:func:`~cifarkit.writing.atomic_write`).
+``load`` checks everything a file says before it builds anything: its checksum, its records (the
+build record by :func:`~cifarkit.models.records.validate_build_record`), and its tensor shapes
+against the recorded architecture on a ``meta`` model.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -26,32 +25,45 @@ import torch
 from torch import nn
 
 from cifarkit.device import unwrap_model
+from cifarkit.display import format_table
 from cifarkit.errors import (
+    CorruptCheckpointError,
     MissingExtraError,
     ModelRecordError,
     NonFiniteWeightsError,
+    NotACheckpointError,
     StateDictMismatchError,
+    UnsafeLoadError,
     WeightsOnlyFileError,
     check_choice,
 )
-from cifarkit.files import PathLike
-from cifarkit.files.checksums import payload_digest
-from cifarkit.files.diagnosis import Diagnosis, apply_state_dict, diagnose_state_dict
-from cifarkit.files.inspection import file_preprocess, metadata_problems
-from cifarkit.files.reading import (
+from cifarkit.files.format import (
+    CHECKPOINT_FORMAT,
     DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
+    Checksum,
+    checksum_status,
+    digest_stripped,
+    field_problems,
+    file_preprocess,
+    metadata_problems,
+    payload_digest,
     read_payload,
+    read_safetensors,
     read_state_dict,
+    version_problem,
     versions,
     weights_and_record,
 )
-from cifarkit.files.writing import atomic_write, check_writable
-from cifarkit.models import get_build_record, rebuild
-from cifarkit.preprocess import preprocessing_of, set_preprocessing
+from cifarkit.models.fitting import Diagnosis, apply_state_dict, diagnose_state_dict
+from cifarkit.models.rebuilding import rebuild
+from cifarkit.models.records import BuildRecord, get_build_record
+from cifarkit.preprocess import Preprocess, preprocessing_of, set_preprocessing
+from cifarkit.untrusted import excerpt, read_bytes, torch_load
+from cifarkit.writing import PathLike, atomic_write, check_writable
 
-__all__ = ["check_finite_weights", "diagnose", "load", "save", "state_payload"]
+__all__ = ["FileInfo", "Method", "check_finite_weights", "diagnose", "inspect", "load", "save", "state_payload"]
 
 Method = Literal["state_dict", "full", "safetensors"]
 
@@ -158,7 +170,7 @@ def save(
         NonFiniteWeightsError: a parameter holds NaN/inf (nothing is written).
         PathIsDirectoryError: ``path`` is a directory.
         WriteError: a FIFO, device or socket at ``path``, the disk full, a failed ``fsync``: the
-            previous file is intact and no temporary is left (see :mod:`cifarkit.files.writing`).
+            previous file is intact and no temporary is left (see :mod:`cifarkit.writing`).
 
     Example:
         >>> import tempfile, pathlib
@@ -294,3 +306,137 @@ def load(
     if map_location not in (None, "cpu") and not callable(map_location):
         model.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
     return model
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a model file holds (``cifarkit inspect``), problems included.
+
+    ``checksum``: ``"ok"`` (everything in the file verified), ``"absent"`` (a plain
+    ``state_dict`` or a pickled module: nothing to verify), ``"mismatch"`` (changed after it was
+    saved). ``problems`` lists what makes the file unfit to load; empty for a sound file.
+    """
+
+    path: Path
+    method: Literal["state_dict", "plain_state_dict", "full", "checkpoint", "safetensors"]
+    size_bytes: int
+    parameters: int | None
+    tensors: int | None
+    build: BuildRecord | None
+    checksum: Checksum
+    versions: dict[str, str]
+    references: list[str]
+    class_names: list[str] | None = None
+    epoch: int | None = None
+    preprocess: Preprocess | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No problems found (a pickled module is sound, though it needs ``trusted=True``)."""
+        return not self.problems
+
+    def __str__(self) -> str:
+        rows = [
+            ("file", str(self.path)),
+            ("method", self.method),
+            ("size", f"{self.size_bytes:,} bytes ({self.size_bytes / 1e6:.2f} MB)"),
+            ("parameters", "unknown (pickled module)" if self.parameters is None else f"{self.parameters:,}"),
+            ("build record", json.dumps(self.build) if self.build else "none"),
+            ("checksum", self.checksum),
+            ("versions", ", ".join(f"{k} {v}" for k, v in self.versions.items()) or "unknown"),
+        ]
+        if self.class_names:
+            shown = ", ".join(self.class_names[:20])
+            more = f" ... ({len(self.class_names):,} in all)" if len(self.class_names) > 20 else ""
+            rows.append(("class names", (shown if len(shown) <= 300 else shown[:297] + "...") + more))
+        if self.preprocess is not None:
+            p = self.preprocess
+            norm = f"mean {p.get('mean')}, std {p.get('std')}" if p.get("mean") is not None else "none"
+            rows.append(("preprocessing", f"size {p.get('input_size') or 'any'}, {p.get('scale')}, normalize: {norm}"))
+        if self.references:
+            rows.append(("pickled classes", ", ".join(self.references)))
+            rows.append(("loading", "needs trusted=True: unpickling a module runs its code (only for your own files)"))
+        if self.epoch is not None:
+            rows.append(("epoch", str(self.epoch)))
+        rows.extend(("problem", problem) for problem in self.problems)
+        return format_table(rows)
+
+
+def inspect(path: PathLike) -> FileInfo:
+    """Describe a model file without running any pickled code, problems included.
+
+    The file is read once. For a whole pickled module (method ``"full"``) the classes it
+    references are listed but nothing is unpickled, so its parameter count is unknown. A file
+    that parses is always described: a failed checksum, a malformed or out-of-bounds record,
+    class names that are not strings... are listed in ``problems``, never built or allocated.
+
+    Raises:
+        ModelFileNotFoundError, NotACheckpointError: no such file, or not a checkpoint at all.
+        CorruptCheckpointError: the file is truncated or damaged beyond parsing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from cifarkit import build_cnn, save
+        >>> info = inspect(save(build_cnn(), pathlib.Path(tempfile.mkdtemp()) / "m.pt"))
+        >>> info.method, info.parameters, info.checksum, info.ok
+        ('state_dict', 145578, 'ok', True)
+    """
+    file = Path(path)
+    data, kind = read_bytes(file)
+    size = len(data)
+    if kind == "safetensors":
+        return _describe(file, read_safetensors(file, data), size, is_safetensors=True)
+    try:
+        obj = torch_load(file, trusted=False, map_location="cpu", data=data)
+    except UnsafeLoadError as exc:
+        return FileInfo(
+            path=file, method="full", size_bytes=size, parameters=None, tensors=None, build=None,
+            checksum="absent", versions={}, references=list(exc.references),
+        )  # fmt: skip
+    del data
+    return _describe(file, obj, size, is_safetensors=False)
+
+
+def _describe(file: Path, obj: Any, size: int, *, is_safetensors: bool) -> FileInfo:
+    method: Any = "safetensors" if is_safetensors else "plain_state_dict"
+    inner, epoch, problems = obj, None, []
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        method, inner, epoch = "checkpoint", obj.get("model"), obj.get("epoch")
+        problem = version_problem(obj)
+        if problem is not None:
+            problems.append(f"a checkpoint of {problem}")
+        if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+            problems.append(f"epoch {excerpt(epoch, 60)} is not a whole number")
+            epoch = None
+    elif isinstance(obj, Mapping) and obj.get("format") == FORMAT and not is_safetensors:
+        method = "state_dict"
+    try:
+        checksum, what = checksum_status(obj)
+        state_dict, _ = weights_and_record(inner, file)
+    except (CorruptCheckpointError, NotACheckpointError) as exc:  # too deep, not tensors, not weights
+        return FileInfo(path=file, method=method, size_bytes=size, parameters=None, tensors=None, build=None,
+                        checksum="absent", versions={}, references=[], problems=[*problems, str(exc)])  # fmt: skip
+    if checksum == "mismatch":
+        problems.append(f"fails its SHA-256 check: {what}")
+    elif digest_stripped(obj) or digest_stripped(inner):
+        problems.append("its checksum is missing (a cifarkit file of this format always has one: it was stripped)")
+    bad = field_problems(inner)
+    problems.extend(bad.values())
+    fields = inner if isinstance(inner, Mapping) and inner.get("format") == FORMAT else {}
+    sound = {key: fields.get(key) for key in ("build", "preprocess", "classes") if key not in bad}
+    return FileInfo(
+        path=file,
+        method=method,
+        size_bytes=size,
+        parameters=sum(t.numel() for t in state_dict.values()),
+        tensors=len(state_dict),
+        build=sound.get("build"),
+        checksum=checksum,
+        versions={} if "versions" in bad else dict(fields.get("versions", {})),
+        references=[],
+        class_names=sound.get("classes"),
+        preprocess=sound.get("preprocess"),
+        epoch=epoch,
+        problems=problems,
+    )

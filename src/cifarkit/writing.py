@@ -1,7 +1,8 @@
-"""Atomic file writes: a path holds the old file or the complete new one, never a torn one.
+"""Paths and writing to them: :data:`PathLike`, what every cifarkit function takes as a file path,
+and the atomic writer: a path holds the old file or the complete new one, never a torn one.
 
 :func:`atomic_write` is how every cifarkit file reaches the disk (model files, checkpoints, run
-logs). It behaves like a careful ``torch.save``:
+logs, figures, reports, exported programs). It behaves like a careful ``torch.save``:
 
 * the new file gets the mode ``torch.save`` would give it (``0o666`` less the umask), and a file
   written over keeps its mode;
@@ -11,13 +12,14 @@ logs). It behaves like a careful ``torch.save``:
   (:func:`check_writable`, which the CLI also runs before training);
 * the temporary file lives next to the target and its name never exceeds the file system's name
   limit; the file and its directory (and any directory just created) are ``fsync``-ed;
-* a full disk, a failed ``fsync`` or any other write error is a :class:`~cifarkit.errors.WriteError`,
-  with the old file intact and no temporary left behind;
+* an error at any step (opening the temporary, writing, ``fsync``, the rename) is a
+  :class:`~cifarkit.errors.WriteError` with the old file intact, no temporary and no folder it
+  created left behind (``error.replaced`` is false); only when the rename succeeded and the
+  folder's ``fsync`` failed afterwards does the path hold the complete *new* file, and the error
+  says so (``error.replaced`` is true);
 * temporaries of killed writers (SIGKILL, power cut) are removed by a later write once they are
   older than :data:`STALE_TEMPORARY_AGE_S` (one hour). Age, not a process id, decides: a writer on
   another host or in another container sharing the volume keeps its fresh temporary.
-
-May import: cifarkit.errors, cifarkit.files.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from cifarkit.errors import CifarkitError, PathIsDirectoryError, WriteError
-from cifarkit.files import PathLike
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "atomic_write", "check_writable"]
+__all__ = ["STALE_TEMPORARY_AGE_S", "TEMP_SUFFIX", "PathLike", "atomic_write", "check_writable"]
+
+#: What every cifarkit function takes as a file path (the one alias).
+PathLike = str | os.PathLike[str]
 
 #: A cifarkit temporary untouched for this many seconds belongs to a writer that died.
 STALE_TEMPORARY_AGE_S = 3600.0
@@ -171,6 +175,7 @@ def _write_error(target: Path, exc: OSError, step: str) -> WriteError:
     msg = f"could not {step} {target}: {why}. Nothing was changed: the previous file (if any) is intact"
     error = WriteError(msg)
     error.errno = exc.errno  # for code that checks errno.ENOSPC; the message stays the one above
+    error.replaced = False
     return error
 
 
@@ -184,23 +189,33 @@ def _fsync_folder(folder: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno not in _NO_DIR_SYNC:  # file systems without directory fsync are fine
             msg = (
-                f"{target} was written but its folder {folder} could not be synced ({exc.strerror or exc}): "
-                "the new file may not survive a power cut"
+                f"{target} now holds the complete new file, but its folder {folder} could not be synced "
+                f"({exc.strerror or exc}): the rename may not survive a power cut. Write it again, or check the disk"
             )
-            raise WriteError(msg) from exc
+            error = WriteError(msg)
+            error.errno = exc.errno
+            error.replaced = True
+            raise error from exc
     finally:
         os.close(fd)
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and missing parents; return every folder whose entries changed, deepest first."""
+def _make_folders(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Create ``folder`` and missing parents; return every folder whose entries changed, deepest
+    first, and the folders created (deepest first), to remove again if the write fails."""
     missing = []
     probe = folder
     while not probe.exists():
         missing.append(probe)
         probe = probe.parent
     folder.mkdir(parents=True, exist_ok=True)
-    return [folder, *(m.parent for m in missing)]
+    return [folder, *(m.parent for m in missing)], missing
+
+
+def _remove_created(created: list[Path]) -> None:
+    for folder in created:  # deepest first; a folder someone else filled meanwhile stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def atomic_write(
@@ -211,8 +226,9 @@ def atomic_write(
     ``write`` fills a temporary file in the same folder; it is flushed, ``fsync``-ed, given its
     mode, checked by ``verify`` (called with the temporary file's path; raising refuses the file)
     and renamed over the target with ``os.replace``, then the folder is ``fsync``-ed. On any
-    exception, ``KeyboardInterrupt`` included, the temporary is removed and the target untouched.
-    See the module's description for symlinks, modes and stale temporaries.
+    exception, ``KeyboardInterrupt`` included, the temporary (and any folder this call created) is
+    removed and the target untouched. See the module's description for symlinks, modes, stale
+    temporaries and the one failure after which the new file is in place.
 
     Returns:
         The file written (a symlink's target when ``path`` is a symlink).
@@ -220,7 +236,8 @@ def atomic_write(
     Raises:
         PathIsDirectoryError: ``path`` is a directory.
         WriteError: ``path`` is a FIFO/device/socket or under a file; the disk is full; ``fsync``
-            failed; any other ``OSError`` while writing.
+            failed; any other ``OSError`` while writing. ``error.replaced`` says whether the path
+            holds the new file (only when the folder's ``fsync`` failed after the rename).
 
     Example:
         >>> import tempfile, pathlib
@@ -229,13 +246,15 @@ def atomic_write(
         b'hi'
     """
     target = check_writable(path)
+    created: list[Path] = []
     try:
-        synced = _make_folders(target.parent)
+        synced, created = _make_folders(target.parent)
         existing = target.stat() if target.exists() else None
         prefix = _temp_prefix(target)
         _remove_stale_temporaries(target, prefix)
         fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=target.parent)
     except OSError as exc:
+        _remove_created(created)
         raise _write_error(target, exc, "write") from exc
     try:
         with _TempFile(fd, "wb") as handle:
@@ -262,6 +281,7 @@ def atomic_write(
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        _remove_created(created)
         raise
     for folder in synced:
         _fsync_folder(folder, target)

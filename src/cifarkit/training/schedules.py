@@ -1,8 +1,6 @@
 """Learning-rate schedules: the two every CIFAR recipe uses, built on torch's own schedulers, the
 two-phase one of fine-tuning, and when a scheduler is stepped (after every optimizer step, or
 once per epoch).
-
-May import: cifarkit.errors.
 """
 
 from __future__ import annotations

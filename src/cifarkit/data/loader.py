@@ -1,13 +1,11 @@
 """The batch-loader contract and the fast in-memory loader that fulfils it.
 
-:class:`Loader` is what :func:`~cifarkit.train.train_loop` and :mod:`cifarkit.distributed` ask of
+:class:`Loader` is what :func:`~cifarkit.training.loop.train_loop` and :mod:`cifarkit.distributed` ask of
 a loader beyond plain iteration (a ``typing.Protocol``, checked by duck typing, never by concrete
 type). :class:`TensorLoader` implements it: images held as one uint8 tensor ``(N, 3, H, W)`` and
 converted to float32 per batch (the airbench approach): no per-image Python, no PIL, four times
 less memory than float. Plain iterables of ``(x, y)`` batches (a list, a generator, a
 ``DataLoader``) are accepted everywhere a loader is.
-
-May import: cifarkit.errors, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -123,7 +121,7 @@ class TensorLoader:
     Conversion happens per batch, fused with the copy to the device and memory format; the
     optional augmentation (random crop with 4 px zero padding, horizontal flip) runs as batched
     tensor ops. The order and augmentation of epoch ``e`` depend only on the loader's seed and
-    ``e`` (like ``DistributedSampler``): :func:`~cifarkit.train.train_loop` calls
+    ``e`` (like ``DistributedSampler``): :func:`~cifarkit.training.loop.train_loop` calls
     :meth:`set_epoch`; without it, each new iteration moves to the next epoch.
 
     Args:
@@ -139,7 +137,7 @@ class TensorLoader:
         normalize: ``(mean, std)`` per channel, applied after scaling to [0, 1].
         memory_format: e.g. ``torch.channels_last`` for conv nets.
         classes: The class names (label order); they travel into the model's preprocessing
-            record (:meth:`preprocessing`). :meth:`ImageTensors.loader <cifarkit.data.ImageTensors.loader>`
+            record (:meth:`preprocessing`). :meth:`ImageTensors.loader <cifarkit.data.tensors.ImageTensors.loader>`
             passes the dataset's.
 
     Example:
@@ -245,7 +243,7 @@ class TensorLoader:
 
     def preprocessing(self) -> Preprocess:
         """The preprocessing record of a model trained on these batches (input size, scaling,
-        normalization as given, class names), for :func:`~cifarkit.train.train_loop` to attach.
+        normalization as given, class names), for :func:`~cifarkit.training.loop.train_loop` to attach.
 
         Example:
             >>> loader = TensorLoader(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2), seed=0,

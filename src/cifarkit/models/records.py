@@ -1,12 +1,15 @@
-"""Build records: how a model was built, and the check a record read from a file passes first.
+"""Build records: how a model was built (``{"builder": name, "kwargs": {...}}``, kept on the model
+and written into its files), and the check a record read from a file passes first.
 
-A build record is ``{"builder": name, "kwargs": {...}}``. A file is untrusted, so
-:func:`validate_build_record` admits only the known builders, only their keyword names, each with
-its type and bounds (``num_classes`` up to :data:`MAX_CLASSES`, ``dropout`` in [0, 1)), and
-never a source of weights: rebuilding from a file never downloads, never opens another file
-and never allocates more than the architecture's own parameters.
-
-May import: cifarkit.errors, cifarkit.files.checksums, cifarkit.preprocess.
+Every model cifarkit builds carries its record (:func:`get_build_record`), one builder name per
+network: ``build_cnn`` for the tutorial's CNN, ``adapt`` for every network of
+:data:`~cifarkit.models.zoo.BACKBONES` (VGG16 included), ``adapt_vgg16`` only for the other VGG
+depths a user hands :func:`~cifarkit.models.pretrained.adapt_vgg16`. A file is untrusted, so
+:func:`validate_build_record` admits only these builders, only their keyword names, each with its
+type and bounds (``num_classes`` up to :data:`~cifarkit.preprocess.MAX_CLASSES`, ``dropout`` in
+[0, 1), ``arch`` one of the table's names), and never a source of weights: rebuilding from a file
+(:mod:`cifarkit.models.rebuilding`) never downloads, never opens another file and never allocates
+more than the architecture's own parameters.
 """
 
 from __future__ import annotations
@@ -15,21 +18,29 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Literal, TypedDict, cast
 
-from cifarkit.errors import ModelRecordError
-from cifarkit.files.checksums import excerpt
-from cifarkit.preprocess import MAX_CLASSES
+from torch import nn
 
-__all__ = ["BACKBONE_NAMES", "VGG_ARCHS", "BuildRecord", "validate_build_record"]
+from cifarkit.device import unwrap_model
+from cifarkit.errors import ModelRecordError
+from cifarkit.models.zoo import BACKBONES, Backbone
+from cifarkit.preprocess import MAX_CLASSES
+from cifarkit.untrusted import excerpt
+
+__all__ = [
+    "RECORD_ATTR",
+    "VGG_ARCHS",
+    "BuildRecord",
+    "backbone_of",
+    "get_build_record",
+    "set_build_record",
+    "validate_build_record",
+]
 
 JSONScalar = str | int | float | bool | None
 #: The torchvision VGG architectures ``adapt_vgg16`` records (and ``rebuild`` accepts).
 VGG_ARCHS = tuple(f"{name}{bn}" for name in ("vgg11", "vgg13", "vgg16", "vgg19") for bn in ("", "_bn"))
-#: The torchvision networks ``adapt`` records (the names of :data:`cifarkit.models.zoo.BACKBONES`;
-#: a test keeps the two equal).
-BACKBONE_NAMES = (
-    "resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
-    "regnet_y_400mf", "vgg16",
-)  # fmt: skip
+#: Attribute under which a model keeps its build record.
+RECORD_ATTR = "_cifarkit_build"
 
 
 class BuildRecord(TypedDict):
@@ -73,7 +84,7 @@ BUILDERS: dict[str, dict[str, Check]] = {
         "freeze_features": _flag,
     },
     "adapt": {
-        "arch": _one_of(*BACKBONE_NAMES),
+        "arch": _one_of(*BACKBONES),
         "strategy": _one_of("replace", "append"),
         "num_classes": _count,
         "freeze_features": _flag,
@@ -117,3 +128,43 @@ def validate_build_record(record: object) -> BuildRecord:
         if problem is not None:
             raise bad(f"{name} {problem}")
     return cast("BuildRecord", {"builder": builder, "kwargs": dict(kwargs)})
+
+
+def get_build_record(model: nn.Module) -> BuildRecord | None:
+    """The build record of a cifarkit-built model, or ``None`` for any other model.
+
+    ``DistributedDataParallel`` and ``torch.compile`` wrappers are looked through.
+
+    Example:
+        >>> from cifarkit.models import build_cnn
+        >>> get_build_record(build_cnn(activation="relu"))["kwargs"]["activation"]
+        'relu'
+    """
+    record = getattr(unwrap_model(model), RECORD_ATTR, None)
+    return cast("BuildRecord | None", record)
+
+
+def set_build_record(model: nn.Module, record: BuildRecord) -> None:
+    """Attach ``record`` (checked first) to ``model``: what its files will say it was built by.
+
+    Raises:
+        ModelRecordError: the record is not admissible (see :func:`validate_build_record`).
+    """
+    setattr(unwrap_model(model), RECORD_ATTR, validate_build_record(record))
+
+
+def backbone_of(model: nn.Module) -> Backbone | None:
+    """The row of :data:`~cifarkit.models.zoo.BACKBONES` a model's record names (a VGG of any
+    depth from ``adapt_vgg16`` counts as VGG16: the same head and layout), or ``None``.
+
+    Example:
+        >>> from cifarkit.models import adapt, build_cnn
+        >>> backbone_of(adapt("resnet18")).name, backbone_of(build_cnn())
+        ('resnet18', None)
+    """
+    record = get_build_record(model)
+    if record is None:
+        return None
+    if record["builder"] == "adapt_vgg16":
+        return BACKBONES["vgg16"]  # every VGG has its classifier block in .classifier
+    return BACKBONES.get(str(record["kwargs"].get("arch")))

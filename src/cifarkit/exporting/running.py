@@ -1,11 +1,9 @@
 """Running an exported program: an ``.onnx`` file with onnxruntime, a ``.pt2`` file with
 ``torch.export.load``, as an ``nn.Module`` that ``predict`` and ``evaluate`` take.
 
-:func:`~cifarkit.exporting.export` writes these files and checks them with :func:`open_program`
+:func:`~cifarkit.exporting.programs.export` writes these files and checks them with :func:`open_program`
 before they count; :func:`load_exported` opens one by its name. onnxruntime comes with
 ``pip install 'cifarkit[export]'`` and is imported only here, when an ``.onnx`` file is run.
-
-May import: cifarkit.errors, cifarkit.files, cifarkit.preprocess.
 """
 
 from __future__ import annotations
@@ -32,8 +30,8 @@ from cifarkit.errors import (
     check_choice,
     cut,
 )
-from cifarkit.files import PathLike
 from cifarkit.preprocess import Preprocess, make_record, set_preprocessing, validate_record
+from cifarkit.writing import PathLike
 
 __all__ = [
     "FORMATS",
@@ -87,10 +85,10 @@ def short_error(exc: BaseException, lines: int = 6) -> str:
 class ExportedModel(nn.Module):
     """An exported file (``.onnx`` run by onnxruntime, ``.pt2`` by ``torch.export.load``) as a module.
 
-    ``forward`` takes what cifarkit's loaders and :func:`~cifarkit.images.image_batch` give, float
+    ``forward`` takes what cifarkit's loaders and :func:`~cifarkit.data.images.image_batch` give, float
     pixels ``(N, 3, H, W)`` in [0, 1] (or uint8), turns them back into uint8 ``(N, H, W, 3)`` and
-    returns the program's logits, so :func:`~cifarkit.evaluation.predict` and
-    :func:`~cifarkit.evaluation.evaluate` run it like the model it came from. :meth:`run` takes
+    returns the program's logits, so :func:`~cifarkit.evaluation.inference.predict` and
+    :func:`~cifarkit.evaluation.metrics.evaluate` run it like the model it came from. :meth:`run` takes
     and gives the program's own inputs and outputs. It has no parameters and runs on the CPU.
     """
 
@@ -132,7 +130,7 @@ class ExportedModel(nn.Module):
 
 
 def load_exported(path: PathLike, *, trusted: bool = False) -> ExportedModel:
-    """Open an ``.onnx`` or ``.pt2`` file written by :func:`~cifarkit.exporting.export`, ready to run.
+    """Open an ``.onnx`` or ``.pt2`` file written by :func:`~cifarkit.exporting.programs.export`, ready to run.
 
     An ONNX file is parsed by onnxruntime and runs no Python. ``torch.export.load`` reads a
     ``.pt2`` archive's tensors with pickle, so, like a pickled model, a ``.pt2`` file is opened

@@ -1,19 +1,12 @@
-"""Training: the tutorial's step over one epoch (:func:`train_one_epoch`), and the run around it
-(:func:`train_loop`: epochs, evaluation, checkpoints, logging, stopping, distributed training).
-
-Read :func:`train_one_epoch` first: it is the lesson, ``zero_grad -> forward -> loss -> backward
--> step`` for every batch, top to bottom. Everything a real run needs besides that lives in
-:func:`train_loop`, in the callbacks it calls (:mod:`cifarkit.callbacks`) and in the
-collaborators it hands over (a :class:`~cifarkit.distributed.DistContext`).
-
-May import: cifarkit.callbacks, cifarkit.device, cifarkit.display, cifarkit.distributed,
-cifarkit.errors, cifarkit.evaluation, cifarkit.files, cifarkit.files.checkpoints, cifarkit.history,
-cifarkit.loader, cifarkit.losses, cifarkit.preprocess, cifarkit.schedules, cifarkit.steps.
+"""The run around the lesson's step: :func:`train_loop` runs
+:func:`~cifarkit.training.step.train_one_epoch` once per epoch, and between epochs resumes from and
+writes a checkpoint, evaluates, steps per-epoch schedules, calls the callbacks
+(:mod:`cifarkit.training.callbacks`, which may stop the run) and, under ``torchrun``, wraps the
+model in DDP and gives each rank its shard (a :class:`~cifarkit.distributed.DistContext`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,162 +15,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarkit.callbacks import Callbacks, TensorBoard
-from cifarkit.device import (
-    Amp,
-    amp_dtype,
-    autocast,
-    cpu_supports_bf16,
-    grad_scaler,
-    move_batch,
-    place_model,
-    resolve_device,
-    unwrap_model,
-)
+from cifarkit.data.loader import Batch, check_not_empty, match_memory_format, set_epoch
+from cifarkit.device import Amp, amp_dtype, cpu_supports_bf16, grad_scaler, place_model, resolve_device, unwrap_model
 from cifarkit.display import Progress, ProgressReport
 from cifarkit.distributed import DistContext, context, shard_data, sync_buffers, translate_error, wrap_model
-from cifarkit.errors import EmptyDataError, InvalidOptionError, NonFiniteLossError, check_positive_int
-from cifarkit.evaluation import evaluate
-from cifarkit.files import PathLike
+from cifarkit.errors import InvalidOptionError, check_positive_int, cut
+from cifarkit.evaluation.metrics import evaluate
 from cifarkit.files.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
-from cifarkit.loader import Batch, check_not_empty, match_memory_format, set_epoch
 from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.preprocess import set_preprocessing
-from cifarkit.schedules import Scheduler, check_scheduler, interval_of
-from cifarkit.steps import Meter, OptimizerStep, check_accumulate
+from cifarkit.training.callbacks import Callbacks
+from cifarkit.training.schedules import Scheduler, check_scheduler, interval_of
+from cifarkit.training.step import train_one_epoch
+from cifarkit.writing import PathLike
 
-__all__ = ["train_loop", "train_one_epoch"]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    data: Iterable[Batch],
-    optimizer: torch.optim.Optimizer,
-    *,
-    loss_fn: LossFn | None = None,
-    device: str | torch.device = "auto",
-    amp: Amp = False,
-    max_grad_norm: float | None = None,
-    epoch: int = 0,
-    accumulate: int = 1,
-    scheduler: Scheduler | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool | None = None,
-    progress: Progress = False,
-    logger: TensorBoard | None = None,
-    dist: DistContext | None = None,
-) -> EpochStats:
-    """Train ``model`` for one pass over ``data``: the tutorial's loop, and nothing hidden.
-
-    For every batch: ``optimizer.zero_grad()``, forward, loss, ``loss.backward()``,
-    ``optimizer.step()``. The loss is checked *before* ``backward()`` (no step with a NaN/inf
-    loss reaches the weights), the global gradient norm is measured (clipped to
-    ``max_grad_norm`` when given), and the figures are summed detached on the device and read
-    once, at the end. The model is left in training mode.
-
-    Args:
-        model: Any classifier producing ``(N, C)`` logits (a DDP or ``torch.compile`` wrapper too).
-        data: A :class:`~cifarkit.loader.TensorLoader`, a ``DataLoader`` or any iterable of
-            ``(x, y)`` batches.
-        optimizer: Built on ``model``'s parameters.
-        loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
-        device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; the model moves there once.
-        amp: ``True`` (the device's best), ``"bf16"`` or ``"fp16"`` autocast for forward and loss;
-            fp16 steps through a ``torch.amp.GradScaler``.
-        max_grad_norm: Clip the global gradient norm to this value before each step.
-        epoch: The epoch's index from 0 (for messages and the progress bar).
-        accumulate: Sum the gradients of this many batches (each loss divided by it) before one
-            optimizer step: the step of one batch ``accumulate`` times larger, in less memory.
-        scheduler: Stepped after every optimizer step (a per-batch schedule such as
-            :func:`~cifarkit.schedules.one_cycle`; :func:`train_loop` steps per-epoch ones itself).
-        scaler: The fp16 gradient scaler to use (and keep across epochs); default: a new one.
-        channels_last: Memory format; default: channels-last for models with ``Conv2d``.
-        progress: ``True`` shows a bar where someone watches (a terminal, or a widget in Jupyter);
-            ``"bar"`` also into a file; ``False`` (the default here) none.
-        logger: A :class:`~cifarkit.callbacks.TensorBoard`: the first batch and the learning rate
-            of every step go to it.
-        dist: Under ``torchrun``: the :class:`~cifarkit.distributed.DistContext` whose ranks' figures
-            are summed (``data`` must already be this rank's shard; :func:`train_loop` does both).
-
-    Returns:
-        The epoch's :class:`~cifarkit.history.EpochStats` (no evaluation figures).
-
-    Raises:
-        NonFiniteLossError: the loss became NaN/inf (before that step changed anything).
-        EmptyDataError: ``data`` yielded no batches.
-
-    Example:
-        >>> import torch
-        >>> from cifarkit import build_cnn, synthetic_cifar10
-        >>> model = build_cnn(activation="relu")
-        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        >>> stats = train_one_epoch(model, synthetic_cifar10(128).loader(seed=0), optimizer, device="cpu")
-        >>> stats.images, stats.epoch
-        (128, 1)
-    """
-    dev = resolve_device(device)
-    fmt = place_model(unwrap_model(model), dev, channels_last)
-    dtype = amp_dtype(amp, dev)
-    loss_fn = loss_fn or CrossEntropyLoss()
-    params = [p for p in model.parameters() if p.requires_grad]
-    step = OptimizerStep(optimizer, params, accumulate=accumulate, max_grad_norm=max_grad_norm,
-                         scaler=scaler or grad_scaler(dev, dtype), scheduler=scheduler)  # fmt: skip
-    meter = Meter(dev)
-    model.train()
-    batches = ProgressReport(progress).bar(match_memory_format(data, dev, fmt), desc=f"epoch {epoch + 1}")
-    for x, y in batches:
-        x, y = move_batch(x, y, dev, fmt)  # images (B, 3, H, W) float, labels (B,) int64
-        if logger is not None and meter.batches == 0:
-            logger.log_first_batch(unwrap_model(model), x)
-        if step.pending == 0:
-            optimizer.zero_grad(set_to_none=True)  # 1. forget the previous step's gradients
-        with autocast(dev, dtype):
-            out = model(x)  # 2. forward: logits (B, C)
-            loss = loss_fn(out, y)  # 3. loss: one number for the batch
-        _check_finite(loss, epoch, meter.batches)  # before backward: a NaN never reaches the weights
-        step.backward(loss)  # 4. backward: every parameter's .grad (÷ accumulate, fp16-scaled)
-        if step.ready:
-            meter.add_grad_norm(step.step())  # 5. step: SGD does w -= lr * w.grad
-            if logger is not None:
-                logger.log_lr(optimizer)
-        meter.add(loss, out, y)  # detached, on the device: no graph kept, no sync
-    if step.pending:  # a last group of fewer than `accumulate` batches
-        meter.add_grad_norm(step.step())
-    return _epoch_stats(meter, epoch, optimizer, dist or DistContext.single(dev))
-
-
-def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
-    # One host read per batch: the price of refusing a NaN update (on CPU it is free).
-    if not bool(torch.isfinite(loss)):
-        msg = (
-            f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {batch + 1}: training diverged. "
-            "Lower the learning rate, set max_grad_norm, or check the data for NaN/inf. "
-            "The weights were not updated with it."
-        )
-        raise NonFiniteLossError(msg)
-
-
-def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx: DistContext) -> EpochStats:
-    if meter.batches == 0:
-        msg = (
-            f"training data yielded no batches in epoch {epoch + 1} (a one-shot iterator or "
-            "generator is used up after one epoch: pass a list, a DataLoader or a TensorLoader)"
-        )
-        raise EmptyDataError(msg)
-    t = meter.totals(ctx)
-    return EpochStats(
-        epoch=epoch + 1,
-        loss_sum=t.loss_sum,
-        loss_mean=t.loss_mean,
-        train_accuracy=t.accuracy,
-        images=t.images,
-        seconds=t.seconds,
-        images_per_second=t.images / t.seconds if t.seconds > 0 else math.inf,
-        lr=[float(g["lr"]) for g in optimizer.param_groups],
-        grad_norm=t.grad_norm,
-        first_step_seconds=t.first_step_seconds,
-    )
+__all__ = ["train_loop"]
 
 
 def train_loop(
@@ -201,12 +54,12 @@ def train_loop(
 ) -> History:
     """Train ``model`` on ``data`` for ``epochs`` epochs and return the per-epoch :class:`History`.
 
-    Each epoch is one :func:`train_one_epoch`; around it this function resumes from and writes
+    Each epoch is one :func:`~cifarkit.training.step.train_one_epoch`; around it this function resumes from and writes
     ``checkpoint``, evaluates ``eval_data``, steps per-epoch schedules, calls the ``callbacks``
     (which may stop the run) and, under ``torchrun``, wraps the model in DDP and shards the data.
-    Training policies are callback objects (see :mod:`cifarkit.callbacks`):
-    :class:`~cifarkit.callbacks.EarlyStopping` keeps the best weights and stops early,
-    :class:`~cifarkit.callbacks.TensorBoard` logs the run. Every option, the callbacks' included,
+    Training policies are callback objects (see :mod:`cifarkit.training.callbacks`):
+    :class:`~cifarkit.training.callbacks.EarlyStopping` keeps the best weights and stops early,
+    :class:`~cifarkit.training.callbacks.TensorBoard` logs the run. Every option, the callbacks' included,
     is checked before the first epoch. The model is switched to channels-last when it has
     convolutions (same results up to float rounding).
 
@@ -216,7 +69,7 @@ def train_loop(
 
     Args:
         model: Any ``nn.Module`` classifier producing ``(N, C)`` logits.
-        data: A :class:`~cifarkit.loader.TensorLoader`, a ``DataLoader`` or any iterable of
+        data: A :class:`~cifarkit.data.loader.TensorLoader`, a ``DataLoader`` or any iterable of
             ``(x, y)`` batches. Loaders with ``set_epoch`` are told the epoch.
         epochs: Total number of epochs (with ``checkpoint``, including those already done).
         loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
@@ -230,9 +83,9 @@ def train_loop(
         accumulate: Batches whose gradients are summed (losses divided by it) before one step.
         max_grad_norm: Clip the global gradient norm to this value.
         scheduler: A ``torch.optim.lr_scheduler`` scheduler built on ``optimizer`` (see
-            :func:`~cifarkit.schedules.one_cycle`, :func:`~cifarkit.schedules.cosine`). It is
+            :func:`~cifarkit.training.schedules.one_cycle`, :func:`~cifarkit.training.schedules.cosine`). It is
             stepped per batch for ``OneCycleLR``, ``CyclicLR``, cifarkit's builders and those
-            marked with :func:`~cifarkit.schedules.step_every`, per epoch otherwise;
+            marked with :func:`~cifarkit.training.schedules.step_every`, per epoch otherwise;
             ``ReduceLROnPlateau`` steps on ``eval_loss`` (``loss_mean`` without ``eval_data``).
         checkpoint: A file saved atomically after every epoch and resumed from if it exists: the
             model, optimizer, scheduler, scaler, epoch, history, every callback's state, every
@@ -242,7 +95,7 @@ def train_loop(
             terminal; a widget in Jupyter) and one summary line per epoch on stdout that stays.
             ``"lines"``: the lines alone. ``"bar"``: the bar even into a file. ``False``: nothing.
             Only rank 0 shows anything under DDP.
-        callbacks: Objects with any of the hooks of :mod:`cifarkit.callbacks`, or functions
+        callbacks: Objects with any of the hooks of :mod:`cifarkit.training.callbacks`, or functions
             ``f(epoch, history)`` called after each epoch; one returning ``True`` stops training.
             A callback may freeze or unfreeze parameters between epochs: under DDP the model is
             wrapped again, so the parameters that train are the ones kept in sync.
@@ -276,7 +129,7 @@ def train_loop(
     dtype = amp_dtype(amp, dev)  # checks amp= before anything runs
     _warn_if_amp_is_emulated(dev, dtype)
     check_not_empty(data, "training data")
-    check_accumulate(accumulate)
+    check_positive_int("accumulate", accumulate, unit="batches per optimizer step")
     run = Callbacks(callbacks)
     ctx = context(None, dev)
     report = ProgressReport(progress, enabled=ctx.is_main)
@@ -294,18 +147,19 @@ def train_loop(
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(checkpoint, inner, optimizer, scheduler, scaler, run, data)
     history.figures = TRAIN_FIGURES + (EVAL_FIGURES if eval_data is not None else ())
-    tensorboard = next(iter(run.of_type(TensorBoard)), None)
     train_data = shard_data(match_memory_format(data, ctx.device, fmt), ctx, pad=True)
     net: nn.Module = inner
     wrapped_for: list[bool] | None = None  # which parameters trained when `net` was wrapped
-    was_training = inner.training
+    modes = [(module, module.training) for module in inner.modules()]
     if history.stop_reason not in (None, "completed"):  # a resumed run that a callback had stopped
         start = epochs
     history.stop_reason = None if start < epochs else history.stop_reason
+    failure: BaseException | None = None  # what ended the run, if it did not end well
     try:
         run.set_model(inner)
         run.on_train_start(history)  # callbacks refuse what they cannot honour, before any epoch
         for epoch in range(start, epochs):
+            run.on_epoch_start(epoch, history)  # a callback may freeze or unfreeze layers here
             trainable = [p.requires_grad for p in inner.parameters()]
             if trainable != wrapped_for:  # the first epoch, or a callback froze or unfroze layers:
                 net, wrapped_for = _wrap(inner, ctx, compile), trainable  # DDP syncs what trains now
@@ -314,7 +168,7 @@ def train_loop(
                 net, train_data, optimizer, loss_fn=loss_fn, device=ctx.device, amp=amp, epoch=epoch,
                 max_grad_norm=max_grad_norm, accumulate=accumulate, scheduler=per_batch, scaler=scaler,
                 channels_last=fmt == torch.channels_last, progress=progress if ctx.is_main else False,
-                logger=tensorboard, dist=ctx,
+                callbacks=run, dist=ctx,
             )  # fmt: skip
             sync_buffers(inner, ctx)  # every rank evaluates and saves rank 0's batch-norm statistics
             if compile and history.compile_seconds is None:
@@ -338,17 +192,33 @@ def train_loop(
             if history.stop_reason is not None:
                 break
         history.stop_reason = history.stop_reason or "completed"
+    except KeyboardInterrupt as exc:
+        history.stop_reason, failure = "interrupted", exc
+        raise
+    except Exception as exc:
+        history.stop_reason = f"raised {type(exc).__name__}: {cut(str(exc), 200)}"
+        failure = translate_error(exc, ctx)
+        if failure is exc:
+            raise
+        raise failure from exc
+    finally:
+        for module, mode in modes:  # the model's own train/eval modes, whatever happened
+            module.training = mode
+        _end(run, history, failure)  # every callback, last first, however the run ended
+    return history
+
+
+def _end(run: Callbacks, history: History, failure: BaseException | None) -> None:
+    """``on_train_end`` of every callback. When training itself failed, that error is the one
+    raised, and a callback's error in ``on_train_end`` is attached to it as a note."""
+    try:
         run.on_train_end(history)
     except Exception as exc:
-        translated = translate_error(exc, ctx)
-        if translated is exc:
+        if failure is None:
             raise
-        raise translated from exc
-    finally:
-        inner.train(was_training)
-        for board in run.of_type(TensorBoard):  # closed even when training failed
-            board.on_train_end(history)
-    return history
+        note = f"also, a callback's on_train_end raised {type(exc).__name__}: {exc}"
+        if hasattr(failure, "add_note"):  # Python 3.11+
+            failure.add_note(note)
 
 
 def _wrap(model: nn.Module, ctx: DistContext, compile: bool) -> nn.Module:

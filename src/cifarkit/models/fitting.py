@@ -1,7 +1,5 @@
 """Why a ``state_dict`` does not fit a model, in plain words (the tutorial's "reason unknown"),
 and loading one with that diagnosis attached (:func:`apply_state_dict`).
-
-May import: cifarkit.device, cifarkit.errors.
 """
 
 from __future__ import annotations

@@ -1,43 +1,33 @@
-"""Model files on disk: the safe readers, the checksum check and the file layout.
+"""The cifarkit file format: what a model file and a checkpoint hold, their one checksum, the
+version this cifarkit reads, and reading them (through :mod:`cifarkit.untrusted`).
 
-Everything here is about bytes and formats, not about models: :mod:`cifarkit.models` reads
-pretrained weights through :func:`read_state_dict`, :mod:`cifarkit.files.saving` builds ``save``/``load``
-on the readers, and :mod:`cifarkit.files.checkpoints` reads checkpoints through :func:`read_payload`.
-
-File layout of a cifarkit model file (``save(model, path)``), readable with plain
-``torch.load(path, weights_only=True)``::
+A cifarkit model file (``save(model, path)``) reads with plain ``torch.load(path, weights_only=True)``::
 
     {
         "format": "cifarkit.state_dict",   # str
         "format_version": 2,               # int
         "state_dict": {name: Tensor},      # CPU, contiguous
-        "build": {"builder": ..., "kwargs": {...}} or None,
+        "build": {"builder": ..., "kwargs": {...}} or None,   # cifarkit.models.records
         "classes": [str, ...] or None,
         "preprocess": {...} or None,       # the preprocessing record (cifarkit.preprocess)
         "versions": {"cifarkit": str, "torch": str},
-        "payload_sha256": str,             # of everything above (cifarkit.files.checksums.payload_digest)
+        "payload_sha256": str,             # of everything above (payload_digest)
     }
 
-One format version is read: a cifarkit file of another version (those of development states
-before the first release among them) is refused with its number and the fix, re-saving it.
+A checkpoint (:mod:`cifarkit.files.checkpoints`) is ``{"format": "cifarkit.checkpoint",
+"format_version": 4, "model": <the above>, ...}`` under one ``payload_sha256`` too; a
+safetensors model file holds the same fields as JSON strings in its metadata.
 
-A file is read once, into memory, and everything is parsed from those bytes: the zip's
-directory (an entry that inflates to more than the file's size is refused before anything is
-inflated), the pickle (only torch's ``weights_only`` unpickler runs on it), the globals a pickled
-module references (listed, never imported). A file that cannot be parsed is
-:class:`~cifarkit.errors.CorruptCheckpointError`; only a well-formed pickle that references
-globals outside torch's allowlist is :class:`~cifarkit.errors.UnsafeLoadError`.
-
-May import: cifarkit.errors, cifarkit.files, cifarkit.files.archives, cifarkit.files.checksums.
+One format version of each is read: a file of another version (those of development states
+before the first release among them) is refused with its number and the fix. A file whose
+records, class names or versions are malformed is described by :func:`metadata_problems`
+before anything is built from it.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
-import pickle
-import re
-import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,18 +35,11 @@ from typing import Any, Literal, cast
 
 import torch
 
-from cifarkit.errors import (
-    CorruptCheckpointError,
-    MissingExtraError,
-    ModelClassNotFoundError,
-    ModelFileNotFoundError,
-    NotACheckpointError,
-    PathIsDirectoryError,
-    UnsafeLoadError,
-)
-from cifarkit.files import PathLike
-from cifarkit.files.archives import Kind, check_zip, file_kind, references
-from cifarkit.files.checksums import check_limits, excerpt, payload_digest
+from cifarkit.errors import CorruptCheckpointError, MissingExtraError, ModelRecordError, NotACheckpointError
+from cifarkit.models.records import validate_build_record
+from cifarkit.preprocess import MAX_CLASSES, Preprocess, validate_record
+from cifarkit.untrusted import check_limits, excerpt, read_bytes, tensor_dict, torch_load
+from cifarkit.writing import PathLike
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -67,13 +50,13 @@ __all__ = [
     "Checksum",
     "checksum_status",
     "digest_stripped",
-    "read_bytes",
+    "field_problems",
+    "file_preprocess",
+    "metadata_problems",
+    "payload_digest",
     "read_payload",
     "read_safetensors",
     "read_state_dict",
-    "sniff",
-    "torch_load",
-    "unsafe_globals",
     "verify_checksum",
     "version_problem",
     "versions",
@@ -89,11 +72,12 @@ CHECKPOINT_VERSION = 4
 DIGEST_KEY = "payload_sha256"
 #: The most bytes one JSON string in a safetensors file's metadata may hold.
 MAX_JSON_BYTES = 1 << 20
-#: A build record as read from a file (checked by ``cifarkit.files.records.validate_build_record``).
+#: A build record as read from a file (checked by ``cifarkit.models.records.validate_build_record``).
 RawRecord = dict[str, Any]
 #: ``ok``: the whole payload verified; ``absent``: nothing to verify (a plain ``state_dict``, or a
 #: cifarkit file whose digest was removed); ``mismatch``: the file changed after it was saved.
 Checksum = Literal["ok", "absent", "mismatch"]
+_SCALARS = (str, bytes, int, float, bool, type(None))
 
 
 def versions() -> dict[str, str]:
@@ -112,111 +96,62 @@ def versions() -> dict[str, str]:
     return {"cifarkit": own, "torch": str(torch.__version__)}
 
 
-# --------------------------------------------------------------------------- reading bytes
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of a dense tensor, without a copy when it is already a contiguous CPU tensor."""
+    if tensor.is_sparse or tensor.layout != torch.strided or tensor.is_meta or tensor.is_quantized:
+        msg = f"a {tensor.layout} {tensor.device.type} tensor cannot be checksummed: files hold dense tensors"
+        raise CorruptCheckpointError(msg)
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy().data) if flat.numel() else memoryview(b"")
 
 
-def _regular_file(path: Path) -> None:
-    if not path.exists():
-        msg = f"no such file: {path}. Check the path (cwd is {Path.cwd()})"
-        raise ModelFileNotFoundError(msg)
-    if path.is_dir():
-        msg = f"{path} is a directory, not a model file; pass the file inside it"
-        raise PathIsDirectoryError(msg)
-    if not path.is_file():  # a FIFO would block a read for ever
-        msg = f"{path} is not a regular file (a FIFO, device or socket); pass a model file"
-        raise NotACheckpointError(msg)
+def _key_order(key: object) -> tuple[str, str]:
+    return type(key).__name__, str(key)
 
 
-def sniff(path: Path) -> Kind:
-    """Check that ``path`` exists and looks like a checkpoint; return which kind (reads 16 bytes).
+def payload_digest(payload: Mapping[str, Any], *, exclude: str = "payload_sha256") -> str:
+    """SHA-256 over every entry of ``payload`` but ``exclude``: tensors (name, dtype, shape, bytes),
+    records, numbers, strings. It is the same for a torch file and for the JSON-in-metadata of a
+    safetensors file: lists and tuples hash alike, so a JSON round trip does not change it.
 
-    Raises:
-        ModelFileNotFoundError, PathIsDirectoryError, CorruptCheckpointError (empty),
-        NotACheckpointError (an image, JSON, text, a FIFO...).
-    """
-    _regular_file(path)
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    return file_kind(head, path.stat().st_size, path)
-
-
-def read_bytes(path: PathLike) -> tuple[bytes, Kind]:
-    """A model file's bytes (read once) and its kind, after the checks of :func:`sniff`."""
-    file = Path(path)
-    _regular_file(file)
-    data = file.read_bytes()
-    return data, file_kind(data[:16], len(data), file)
-
-
-def _torch_load(data: bytes, *, weights_only: bool, map_location: Any) -> Any:
-    with warnings.catch_warnings():  # random bytes in the legacy format warn about the protocol first
-        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
-
-
-def torch_load(path: Path, *, trusted: bool, map_location: Any, data: bytes | None = None) -> Any:
-    """``torch.load`` with ``weights_only=True``; a pickled module only with ``trusted=True``.
-
-    ``data``: the file's bytes when already read (the file is then not opened again).
+    Dict entries are hashed in sorted key order; a list and a tuple with the same items hash
+    alike; every value carries its type (``1``, ``1.0``, ``True`` and ``"1"`` differ).
 
     Raises:
-        UnsafeLoadError: the file is a well-formed pickled module and ``trusted`` is false.
-        ModelClassNotFoundError: ``trusted`` but the pickled class cannot be imported.
-        CorruptCheckpointError: the file is truncated or damaged (or a compression bomb).
+        CorruptCheckpointError: the payload exceeds :func:`check_limits`, or holds a sparse or
+            meta tensor.
+
+    Example:
+        >>> a = payload_digest({"w": torch.zeros(2), "classes": ("cat", "dog")})
+        >>> a == payload_digest({"classes": ["cat", "dog"], "w": torch.zeros(2)})
+        True
+        >>> a == payload_digest({"w": torch.zeros(2), "classes": ["cat", "cow"]})
+        False
     """
-    data, kind = _with_kind(path, data)
-    if kind == "zip":
-        check_zip(data, path)
-    try:
-        return _torch_load(data, weights_only=True, map_location=map_location)
-    except Exception as exc:
-        refused = isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc)
-        names = references(data, kind) if refused else None
-        if not names:
-            msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {excerpt(str(exc))})"
-            raise CorruptCheckpointError(msg) from exc
-        if not trusted:
-            found = ", ".join(sorted(names, key=lambda n: (n.startswith("torch."), n))[:4])
-            msg = (
-                f"{path} is a pickled module (it references {found}); loading it can run arbitrary code. "
-                "Pass trusted=True only for files you created, or re-save the model with "
-                "cifarkit.save(model, path) (method 'state_dict') to load it safely."
-            )
-            error = UnsafeLoadError(msg)
-            error.references = tuple(names)
-            raise error from exc
-    return _trusted_load(path, data, map_location)
-
-
-def _with_kind(path: Path, data: bytes | None) -> tuple[bytes, Kind]:
-    """The file's bytes (read now unless given) and their kind."""
-    return read_bytes(path) if data is None else (data, file_kind(data[:16], len(data), path))
-
-
-def unsafe_globals(path: Path, data: bytes | None = None) -> list[str]:
-    """The globals a pickled checkpoint references outside torch's allowlist (nothing is run)."""
-    return references(*_with_kind(path, data)) or []
-
-
-def _trusted_load(path: Path, data: bytes, map_location: Any) -> Any:
-    try:
-        return _torch_load(data, weights_only=False, map_location=map_location)
-    except (AttributeError, ImportError) as exc:
-        text = str(exc)
-        match = re.search(r"Can't get attribute '([\w.]+)' on <module '([\w.]+)'", text)
-        if match:
-            cls, module = match.group(1), match.group(2)
-        else:
-            cls, module = "?", getattr(exc, "name", None) or "?"
-        msg = (
-            f"{path} is a pickled model whose class {cls!r} cannot be found in module {module!r} "
-            f"({text}). Either import or define {cls} (in {module}) before loading, or save the "
-            "model with cifarkit.save(model, path) (method 'state_dict'), which needs no class."
-        )
-        raise ModelClassNotFoundError(msg) from exc
-    except Exception as exc:
-        msg = f"{path} is truncated or damaged and cannot be read ({type(exc).__name__}: {excerpt(str(exc))})"
-        raise CorruptCheckpointError(msg) from exc
+    body = {key: value for key, value in payload.items() if key != exclude}
+    check_limits(body)
+    digest = hashlib.sha256()
+    stack: list[object] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, torch.Tensor):
+            digest.update(f"T{node.dtype}{tuple(node.shape)}|".encode())
+            digest.update(_tensor_bytes(node))
+        elif isinstance(node, Mapping):
+            keys = sorted(node, key=_key_order)
+            digest.update(f"D{len(keys)}|".encode())
+            for key in reversed(keys):  # a stack: push backwards to hash forwards
+                stack.extend((node[key], key))
+        elif isinstance(node, (list, tuple)):
+            digest.update(f"L{len(node)}|".encode())
+            stack.extend(reversed(node))
+        elif isinstance(node, _SCALARS):
+            text = repr(node)
+            digest.update(f"{type(node).__name__}:{len(text)}:{text}|".encode())
+        else:  # torch.dtype, torch.device...: what weights_only loading admits besides the above
+            text = f"{type(node).__qualname__}:{node!r}"
+            digest.update(f"O{len(text)}:{text}|".encode())
+    return digest.hexdigest()
 
 
 def _json_field(meta: Mapping[str, str], key: str) -> Any:
@@ -257,27 +192,6 @@ def read_safetensors(path: Path, data: bytes | None = None) -> dict[str, Any]:
     if meta.get(DIGEST_KEY) is not None:
         payload[DIGEST_KEY] = meta[DIGEST_KEY]
     return payload
-
-
-# --------------------------------------------------------------------------- checking what was read
-
-
-def _is_tensor_dict(obj: object) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and bool(obj)
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _dense(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> dict[str, torch.Tensor]:
-    """The state_dict, after checking every tensor is dense and holds data (no meta, sparse, quantized)."""
-    for name, tensor in state_dict.items():
-        if tensor.layout != torch.strided or tensor.is_meta or tensor.is_quantized:
-            kind = "meta" if tensor.is_meta else "quantized" if tensor.is_quantized else str(tensor.layout)
-            msg = f"{path}: tensor {excerpt(name, 80)} is a {kind} tensor; model files hold dense tensors with data"
-            raise CorruptCheckpointError(msg)
-    return dict(state_dict)
 
 
 def checksum_status(obj: object) -> tuple[Checksum, str | None]:
@@ -368,22 +282,20 @@ def weights_and_record(obj: Any, path: PathLike) -> tuple[dict[str, torch.Tensor
         NotACheckpointError: ``obj`` holds no weights at all.
     """
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        state_dict = obj.get("state_dict")
-        if not _is_tensor_dict(state_dict):
+        weights = tensor_dict(obj.get("state_dict"), path)
+        if weights is None:
             msg = f"{path} claims the cifarkit format but its 'state_dict' entry is not a dict of tensors"
             raise CorruptCheckpointError(msg)
         problem = version_problem(obj)
         if problem is not None:
             raise CorruptCheckpointError(f"{path} is a cifarkit file of {problem}")
         record = obj.get("build")
-        weights = _dense(cast("dict[str, torch.Tensor]", state_dict), path)
-        return weights, dict(record) if isinstance(record, Mapping) else record
+        return weights, dict(record) if isinstance(record, Mapping) else cast("RawRecord | None", record)
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         return weights_and_record(obj.get("model"), path)
-    if _is_tensor_dict(obj):
-        return _dense(obj, path), None
-    if isinstance(obj, Mapping) and _is_tensor_dict(obj.get("state_dict")):
-        return _dense(obj["state_dict"], path), None  # a common hand-made {"state_dict": ...} file
+    plain = tensor_dict(obj, path)  # a state_dict, or a hand-made {"state_dict": ...} file
+    if plain is not None:
+        return plain, None
     msg = (
         f"{path} holds a {type(obj).__name__}, not model weights (expected a dict of tensors, a "
         "cifarkit file, or a pickled module)"
@@ -404,3 +316,44 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         torch.Size([3])
     """
     return weights_and_record(read_payload(path), path)[0]
+
+
+def _model_part(obj: Any) -> Any:
+    """A checkpoint's embedded model payload, or the payload itself."""
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        return obj.get("model")
+    return obj
+
+
+def field_problems(inner: Any) -> dict[str, str]:
+    """Field of a cifarkit model payload -> what is wrong with it (records, class names, versions)."""
+    if not (isinstance(inner, Mapping) and inner.get("format") == FORMAT):
+        return {}
+    problems = {}
+    for key, validate in (("build", validate_build_record), ("preprocess", validate_record)):
+        if inner.get(key) is not None:
+            try:
+                validate(inner[key])
+            except ModelRecordError as exc:
+                problems[key] = str(exc)
+    names = inner.get("classes")
+    if names is not None and not (
+        isinstance(names, list) and len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)
+    ):
+        problems["classes"] = f"class names {excerpt(names)} are not a list of at most {MAX_CLASSES:,} strings"
+    found = inner.get("versions", {})
+    if not (isinstance(found, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in found.items())):
+        problems["versions"] = f"versions {excerpt(found)} are not a dict of names to version strings"
+    return problems
+
+
+def metadata_problems(obj: Any) -> list[str]:
+    """What is wrong with a cifarkit payload's records, class names and versions (nothing is built)."""
+    return list(field_problems(_model_part(obj)).values())
+
+
+def file_preprocess(obj: Any) -> Preprocess | None:
+    """The preprocessing record of a cifarkit payload (or a checkpoint's model), if any (checked before)."""
+    inner = _model_part(obj)
+    record = inner.get("preprocess") if isinstance(inner, Mapping) and inner.get("format") == FORMAT else None
+    return None if record is None else validate_record(record)

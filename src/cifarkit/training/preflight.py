@@ -29,9 +29,6 @@ code                            what it means
                                 test)
 ``batch-larger-than-data``      the batch size exceeds the number of images
 =============================== ==============================================================
-
-May import: cifarkit.device, cifarkit.display, cifarkit.errors, cifarkit.losses,
-cifarkit.preprocess.
 """
 
 from __future__ import annotations

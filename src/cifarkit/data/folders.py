@@ -1,11 +1,9 @@
 """Your own pictures: a folder with one sub-folder per class (torchvision's ``ImageFolder`` layout)
-read into memory as :class:`~cifarkit.data.ImageTensors`, in parallel, damaged files reported.
+read into memory as :class:`~cifarkit.data.tensors.ImageTensors`, in parallel, damaged files reported.
 
 Classes are discovered with torchvision's ``find_classes`` (sorted folder names, as
 ``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
 The folder is only read, never written to.
-
-May import: cifarkit.data, cifarkit.display, cifarkit.errors, cifarkit.files, cifarkit.images.
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ from typing import TypeVar, overload
 
 import torch
 
-from cifarkit.data import ImageTensors
+from cifarkit.data.images import decode_file, resize_pixels, to_size
+from cifarkit.data.tensors import ImageTensors
 from cifarkit.display import progress_bar
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
-from cifarkit.files import PathLike
-from cifarkit.images import decode_file, resize_pixels, to_size
+from cifarkit.writing import PathLike
 
 __all__ = ["is_image_folder", "load_image_folder"]
 
@@ -118,7 +116,7 @@ def load_image_folder(
     Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` order), or
     ``classes`` (those folders, in that order). PNG, JPEG, BMP, WebP, TIFF, PPM/PGM and GIF (first
     frame) of any size are read; each is converted to RGB (RGBA, grayscale and palette images
-    too) and resized to ``size`` by the one picture path of :mod:`cifarkit.images` (what
+    too) and resized to ``size`` by the one picture path of :mod:`cifarkit.data.images` (what
     ``predict`` and exported programs do: the same file gives the same pixels). Files are decoded
     by a thread pool.
 
@@ -138,7 +136,7 @@ def load_image_folder(
         progress: Show a progress bar (on a terminal or in Jupyter).
 
     Returns:
-        An :class:`~cifarkit.data.ImageTensors`, or ``(train, val)`` with ``val_fraction``.
+        An :class:`~cifarkit.data.tensors.ImageTensors`, or ``(train, val)`` with ``val_fraction``.
 
     Raises:
         DatasetNotFoundError: ``root`` is missing, or a named class has no folder.

@@ -1,0 +1,467 @@
+"""How good a model is on held-out data: the meters that count a pass over batches on the device
+(loss, accuracy, gradient norms; the confusion matrix and top-k hits; calibration bins), read once
+at the end, and :func:`evaluate`, which runs the one inference loop
+(:func:`~cifarkit.evaluation.inference.model_outputs`) through them into an :class:`EvalResult`.
+
+The training loop counts its epochs with the same :class:`Meter`. Adding a batch launches a few
+tiny device ops and never waits for the device: the loss is accumulated *detached* (the
+tutorial's ``sum_loss = sum_loss + result_loss`` keeps every step's autograd graph alive) and
+nothing is converted to a Python number until ``totals``, which also sums over
+``torch.distributed`` ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from cifarkit.data.loader import Batch, check_not_empty
+from cifarkit.device import Amp, resolve_device, unwrap_model
+from cifarkit.display import format_table, html_table, new_figure, save_or_return
+from cifarkit.distributed import DistContext, all_max, all_sum, all_sum_tensor, context
+from cifarkit.errors import EmptyDataError, InvalidOptionError
+from cifarkit.evaluation.inference import model_outputs
+from cifarkit.losses import CrossEntropyLoss, LossFn
+from cifarkit.preprocess import Preprocess, preprocessing_of, probabilities
+from cifarkit.writing import PathLike
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "BINS",
+    "CalibrationBins",
+    "ClassCounts",
+    "ClassMeter",
+    "EvalResult",
+    "Meter",
+    "Totals",
+    "confusion_counts",
+    "evaluate",
+    "expected_calibration_error",
+]
+
+#: Confidence bins of the expected calibration error (the usual 15, of equal width).
+BINS = 15
+
+
+def confusion_counts(targets: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The confusion matrix ``(C, C)`` int64 of class indices ``(N,)``: rows = true class,
+    columns = predicted (on the tensors' device; the one place cifarkit counts it).
+
+    Example:
+        >>> confusion_counts(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    flat = torch.bincount(targets * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.view(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A pass's figures as Python numbers, summed over ranks (``seconds``: the slowest rank's)."""
+
+    loss_sum: float  # sum of the batch losses, divided by the world size (see Meter.totals)
+    weighted_loss: float  # sum of batch loss x batch size
+    correct: int
+    images: int
+    batches: int  # batches counted (optimizer steps are counted by norm_steps)
+    grad_norm_sum: float
+    norm_steps: int  # optimizer steps whose gradient norm was finite
+    seconds: float
+    first_step_seconds: float | None
+
+    @property
+    def loss_mean(self) -> float:
+        """Mean loss per image."""
+        return self.weighted_loss / self.images
+
+    @property
+    def accuracy(self) -> float:
+        """Share of images whose top class was right."""
+        return self.correct / self.images
+
+    @property
+    def grad_norm(self) -> float | None:
+        """Mean gradient norm over the optimizer steps (``None`` when none was counted)."""
+        return self.grad_norm_sum / self.norm_steps if self.norm_steps else None
+
+
+class Meter:
+    """Accumulate loss, accuracy and gradient norms of batches on ``device``.
+
+    Example:
+        >>> meter = Meter(torch.device("cpu"))
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> meter.add(torch.tensor(0.5), logits, torch.tensor([0, 0]))
+        >>> t = meter.totals(DistContext.single(torch.device("cpu")))
+        >>> t.loss_sum, t.loss_mean, t.accuracy, t.images
+        (0.5, 0.5, 0.5, 2)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.weighted = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm_steps = torch.zeros((), dtype=torch.int64, device=device)  # optimizer steps with a finite norm
+        self.images = 0
+        self.batches = 0
+        self.started = time.perf_counter()
+        self.first_step_seconds: float | None = None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` ``targets``."""
+        batch = int(targets.shape[0])
+        with torch.no_grad():
+            detached = loss.detach().double()
+            self.loss_sum += detached
+            self.weighted += detached * batch
+            self.correct += (logits.argmax(1) == targets).sum()
+        if self.batches == 0:
+            self.first_step_seconds = time.perf_counter() - self.started
+        self.images += batch
+        self.batches += 1
+
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        """Count one optimizer step's gradient norm; a step a gradient scaler skipped (inf/nan
+        norm) is left out, on the device, without a sync."""
+        with torch.no_grad():
+            finite = torch.isfinite(norm)
+            self.grad_norm_sum += torch.where(finite, norm.detach().double(), 0.0)
+            self.norm_steps += finite
+
+    def totals(self, ctx: DistContext) -> Totals:
+        """Read the sums (one host sync) and add them up over ranks.
+
+        Under DDP every rank's shard is padded to equal batches, so the mean of the ranks' batch
+        losses is the global batch loss: ``loss_sum`` is divided by the world size and then equals
+        the single-process figure over the same global batches.
+        """
+        sums = all_sum(
+            ctx,
+            [float(self.loss_sum), float(self.weighted), float(self.correct), float(self.images),
+             float(self.batches), float(self.grad_norm_sum), float(self.norm_steps)],
+        )  # fmt: skip
+        seconds = all_max(ctx, time.perf_counter() - self.started)
+        first_step = None if self.first_step_seconds is None else all_max(ctx, self.first_step_seconds)
+        return Totals(
+            loss_sum=sums[0] / ctx.world_size,
+            weighted_loss=sums[1],
+            correct=int(sums[2]),
+            images=int(sums[3]),
+            batches=int(sums[4]),
+            grad_norm_sum=sums[5],
+            norm_steps=int(sums[6]),
+            seconds=seconds,
+            first_step_seconds=first_step,
+        )
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per-class figures of a pass, summed over ranks: the confusion matrix and top-k hits."""
+
+    confusion: torch.Tensor  # (C, C) int64 on the CPU: rows = true class, columns = predicted
+    topk_hits: dict[int, int]
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        """Share of each class's images predicted as that class (``nan`` for a class never seen)."""
+        totals = self.confusion.sum(1)
+        return [float(self.confusion[c, c]) / int(n) if int(n) else float("nan") for c, n in enumerate(totals)]
+
+
+class ClassMeter:
+    """Accumulate a confusion matrix and top-k hits on the device (no host sync per batch).
+
+    Example:
+        >>> meter = ClassMeter(3, topk=(1, 2), device=torch.device("cpu"))
+        >>> meter.add(torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]), torch.tensor([0, 1]))
+        >>> counts = meter.totals(DistContext.single(torch.device("cpu")))
+        >>> counts.confusion.tolist(), counts.topk_hits, counts.per_class_accuracy[:2]
+        ([[1, 0, 0], [1, 0, 0], [0, 0, 0]], {1: 1, 2: 2}, [1.0, 0.0])
+    """
+
+    def __init__(self, num_classes: int, *, topk: tuple[int, ...], device: torch.device) -> None:
+        bad = [k for k in topk if not isinstance(k, int) or not 1 <= k <= num_classes]
+        if bad:
+            msg = (
+                f"topk={topk!r} asks for top-{bad[0]} accuracy, but the model has {num_classes} classes: "
+                f"use values from 1 to {num_classes}"
+            )
+            raise InvalidOptionError(msg)
+        self.num_classes = num_classes
+        self.topk = tuple(sorted(set(topk)))
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+        self.hits = torch.zeros(len(self.topk), dtype=torch.int64, device=device)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count one batch of ``(B, C)`` logits against ``(B,)`` class indices."""
+        c = self.num_classes
+        with torch.no_grad():
+            valid = (targets >= 0) & (targets < c)  # ignore_index-style labels are not counted
+            y, out = targets[valid], logits[valid]
+            self.confusion += confusion_counts(y, out.argmax(1), c).view(-1)
+            ranked = out.topk(self.topk[-1], dim=1).indices == y[:, None]  # (B, kmax) bool
+            found = ranked.cumsum(1).clamp_(max=1)  # 1 from the rank where the true class appears
+            self.hits += found[:, [k - 1 for k in self.topk]].sum(0)
+
+    def totals(self, ctx: DistContext) -> ClassCounts:
+        """Read the counts once (summed over ranks under DDP)."""
+        confusion = all_sum_tensor(ctx, self.confusion).view(self.num_classes, self.num_classes)
+        hits = all_sum_tensor(ctx, self.hits)
+        return ClassCounts(confusion, {k: int(h) for k, h in zip(self.topk, hits)})
+
+
+class CalibrationBins:
+    """Per-bin sums over batches, on the device: images, confidence, correct answers, and the
+    summed negative log-likelihood. ``add`` never reads the device; :meth:`ece` and :meth:`nll`
+    read once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, BINS, dtype=torch.float64, device=device)
+        self.nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count a batch of probabilities ``(N, C)`` with their true classes ``(N,)``."""
+        confidence, predicted = probs.max(dim=1)
+        which = (confidence * BINS).long().clamp_(max=BINS - 1)
+        for row, values in enumerate((torch.ones_like(confidence), confidence, (predicted == labels).float())):
+            self.sums[row].index_add_(0, which, values.double())
+        picked = probs.gather(1, labels.reshape(-1, 1)).clamp_min(torch.finfo(probs.dtype).tiny)
+        self.nll_sum -= picked.double().log().sum()
+
+    def reduce(self, ctx: DistContext) -> None:
+        """Sum the bins over ``torch.distributed`` ranks (nothing in a single process)."""
+        if ctx.active:
+            self.sums = all_sum_tensor(ctx, self.sums)
+            self.nll_sum = all_sum_tensor(ctx, self.nll_sum)
+
+    def ece(self) -> float:
+        """Sum over bins of (share of images) x ``|accuracy - mean confidence|``; nan without images."""
+        count, confidence, correct = self.sums.cpu().unbind(0)
+        total = float(count.sum())
+        return float((confidence - correct).abs().sum()) / total if total else math.nan
+
+    def nll(self) -> float:
+        """Mean negative log-likelihood of the true class; nan without images."""
+        total = float(self.sums[0].sum())
+        return float(self.nll_sum) / total if total else math.nan
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The expected calibration error of probabilities ``(N, C)`` over 15 equal-width bins.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+        >>> round(expected_calibration_error(probs, torch.tensor([0, 0, 0, 1])), 4)
+        0.1
+    """
+    bins = CalibrationBins(probs.device)
+    bins.add(probs, labels)
+    return bins.ece()
+
+
+_HEADERS = ("loss", "accuracy", "images")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean loss per image, accuracy in [0, 1], and the number of images (unpacks as that tuple),
+    plus top-k accuracies, per-class accuracies and the confusion matrix.
+
+    Example:
+        >>> loss, accuracy, count = EvalResult(0.5, 0.75, 8)
+        >>> count
+        8
+    """
+
+    loss: float
+    accuracy: float
+    count: int
+    #: k -> share of images whose true class is among the k highest logits.
+    topk: dict[int, float] = field(default_factory=dict)
+    #: One figure per class: the share of that class's images predicted right (nan if absent).
+    per_class_accuracy: list[float] = field(default_factory=list)
+    #: ``(C, C)`` int64 counts, rows = true class, columns = predicted class.
+    confusion: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: Expected calibration error (15 bins) of the probabilities (the record's temperature applied).
+    ece: float = math.nan
+    #: Mean negative log-likelihood of the true class under those probabilities.
+    nll: float = math.nan
+
+    def __iter__(self) -> Iterator[float | int]:
+        return iter((self.loss, self.accuracy, self.count))
+
+    def _header_and_cells(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        extra = sorted(k for k in self.topk if k != 1)
+        headers = ("loss", "accuracy", *(f"top-{k}" for k in extra), "images")
+        cells = (f"{self.loss:.4f}", f"{self.accuracy:.2%}", *(f"{self.topk[k]:.2%}" for k in extra), f"{self.count:,}")
+        return headers, cells
+
+    def __repr__(self) -> str:
+        """A one-row table: ``loss``, ``accuracy``, top-k accuracies, ``images``."""
+        headers, cells = self._header_and_cells()
+        return format_table([cells], headers=headers, right=range(len(headers)))
+
+    def _repr_html_(self) -> str:
+        headers, cells = self._header_and_cells()
+        return html_table([cells], headers=headers, right=range(len(headers)))
+
+    def per_class_table(self, classes: Sequence[str] | None = None) -> str:
+        """Each class's accuracy and image count, worst first: where the model fails.
+
+        Example:
+            >>> confusion = torch.tensor([[3, 1], [0, 4]])
+            >>> print(EvalResult(0.1, 0.875, 8, {}, [0.75, 1.0], confusion).per_class_table(["cat", "dog"]))
+            class  accuracy  images
+            -----  --------  ------
+            cat      75.00%       4
+            dog     100.00%       4
+        """
+        counts = self.confusion.sum(1).tolist() if self.confusion is not None else [0] * len(self.per_class_accuracy)
+        names = list(classes) if classes is not None else [str(i) for i in range(len(self.per_class_accuracy))]
+        order = sorted(range(len(self.per_class_accuracy)), key=lambda c: _worst_first(self.per_class_accuracy[c]))
+        rows = [
+            (names[c] if c < len(names) else str(c), _percent(self.per_class_accuracy[c]), f"{counts[c]:,}")
+            for c in order
+        ]
+        return format_table(rows, headers=("class", "accuracy", "images"), right=(1, 2))
+
+    def plot_confusion(self, path: PathLike | None = None, *, classes: Sequence[str] | None = None) -> Path | Figure:
+        """Draw the confusion matrix (rows: true class, columns: predicted; counts in the cells).
+
+        With ``path``: writes a PNG and returns the path; without: returns the figure. Needs
+        matplotlib (``pip install 'cifarkit[plot]'``); pyplot is not used.
+        """
+        if self.confusion is None:
+            msg = "this EvalResult has no confusion matrix (it was not made by cifarkit.evaluate)"
+            raise InvalidOptionError(msg)
+        counts = self.confusion.numpy()
+        n = counts.shape[0]
+        names = list(classes) if classes is not None else [str(i) for i in range(n)]
+        fig = new_figure("plot_confusion", figsize=(1.5 + 0.55 * n, 1.2 + 0.5 * n), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(counts, cmap="Blues")
+        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true class")
+        ax.set_xticklabels(names[:n], rotation=45, ha="right")
+        ax.set_yticklabels(names[:n])
+        top = counts.max() if counts.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                        color="white" if counts[i, j] > top / 2 else "black", fontsize=8)  # fmt: skip
+        return save_or_return(fig, path)
+
+
+def _worst_first(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _percent(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2%}"
+
+
+def evaluate(
+    model: nn.Module,
+    data: Iterable[Batch],
+    *,
+    loss_fn: LossFn | None = None,
+    device: str | torch.device = "auto",
+    amp: Amp = False,
+    channels_last: bool | None = None,
+    distributed: bool | None = None,
+    topk: Sequence[int] | None = None,
+) -> EvalResult:
+    """Mean loss and accuracy of ``model`` over ``data``, in ``torch.inference_mode()``.
+
+    The one inference loop (:func:`~cifarkit.evaluation.inference.model_outputs`): the model runs
+    in eval mode and every module gets its own mode back afterwards; a model with convolutions is
+    moved to ``device`` and switched to the channels-last memory format, as in
+    :func:`~cifarkit.training.loop.train_loop` (same results up to float rounding;
+    ``channels_last=False`` keeps its layout). Accepts a :class:`~cifarkit.data.loader.TensorLoader`
+    or any iterable of ``(x, y)`` batches (uint8 pixels are scaled and normalized as the model's
+    record says). Under ``torchrun`` each rank evaluates its shard and every figure (the confusion
+    matrix included) is summed over ranks. The figures are counted on the device and read once,
+    at the end.
+
+    ``EvalResult.ece`` and ``nll`` measure the probabilities, with the temperature of
+    :func:`~cifarkit.evaluation.calibration.calibrate` when the model's record has one.
+
+    Args:
+        topk: The k of the top-k accuracies in ``EvalResult.topk``; default ``(1, 5)``, or ``(1,)``
+            for models with fewer than 5 classes.
+
+    Raises:
+        EmptyDataError: ``data`` yields no batches.
+        InvalidOptionError: a ``topk`` value above the number of classes (found at the first batch).
+        ShapeError: a batch that is not an ``(x, y)`` pair.
+
+    Example:
+        >>> from cifarkit import build_cnn, synthetic_cifar10
+        >>> data = synthetic_cifar10(64)
+        >>> result = evaluate(build_cnn(), data.loader(batch_size=32), device="cpu")
+        >>> result.count
+        64
+    """
+    dev = resolve_device(device)
+    ctx = context(distributed, dev)
+    check_not_empty(data, "evaluate data")
+    loss_fn = loss_fn or CrossEntropyLoss()
+    record = preprocessing_of(unwrap_model(model))
+    _warn_if_normalization_differs(data, record)
+    meter = Meter(ctx.device)
+    calibration = CalibrationBins(ctx.device)
+    classes: ClassMeter | None = None  # sized at the first batch, from the logits
+    outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx)
+    with closing(outputs):
+        for _, y, out in outputs:
+            meter.add(loss_fn(out, y), out, y)
+            calibration.add(probabilities(out, record), y)
+            if classes is None:
+                c = int(out.shape[1])
+                classes = ClassMeter(c, topk=tuple(topk) if topk is not None else _default_topk(c), device=ctx.device)
+            classes.add(out, y)
+    totals = meter.totals(ctx)
+    if totals.images == 0 or classes is None:
+        msg = "evaluate data yielded no batches (a one-shot iterator that was used up?)"
+        raise EmptyDataError(msg)
+    counts = classes.totals(ctx)
+    calibration.reduce(ctx)
+    return EvalResult(
+        totals.loss_mean,
+        totals.accuracy,
+        totals.images,
+        topk={k: hits / totals.images for k, hits in counts.topk_hits.items()},
+        per_class_accuracy=counts.per_class_accuracy,
+        confusion=counts.confusion,
+        ece=calibration.ece(),
+        nll=calibration.nll(),
+    )
+
+
+def _warn_if_normalization_differs(data: Iterable[Batch], record: Preprocess | None) -> None:
+    if record is None or not hasattr(data, "normalize_values"):  # no record, or a loader that does not say
+        return
+    given = data.normalize_values
+    recorded = (record.get("mean"), record.get("std")) if record.get("mean") is not None else None
+    if (tuple(given) if given is not None else None) != recorded:
+        warnings.warn(
+            f"the evaluation loader normalizes with {given} (mean, std) but the model was trained with "
+            f"{recorded}: build the loader with normalize={recorded}",
+            stacklevel=3,
+        )
+
+
+def _default_topk(num_classes: int) -> tuple[int, ...]:
+    return (1, 5) if num_classes >= 5 else (1,)
