@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from cifarkit import adapt, build_cnn, evaluate, fine_tune, synthetic_cifar10, train_loop
+from cifarkit.distributed import context
 from cifarkit.errors import DistributedError
 
 
@@ -54,6 +57,38 @@ def main() -> None:
                             freeze_epochs=1, device="cpu", progress=False, callbacks=[after_phase_one])  # fmt: skip
         torch.save(net.state_dict(), out / f"tuned{rank}.pt")
         (out / f"tuned{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
+    elif mode in ("elastic", "whole"):  # under torchrun --max-restarts: rank 1 dies once, after a checkpoint
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+        class KillOnce:
+            def on_epoch_start(self, epoch: int, history: object) -> None:
+                if mode == "elastic" and rank == 1 and restart == 0 and epoch == 1:
+                    deadline = time.monotonic() + 120
+                    while not (out / "ck.pt").exists() and time.monotonic() < deadline:
+                        time.sleep(0.05)  # rank 0 writes epoch 1's checkpoint; die once it is there
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        history = train_loop(model, data, epochs=3, optimizer=optimizer, progress=False, device="cpu",
+                             checkpoint=out / "ck.pt", callbacks=[KillOnce()])  # fmt: skip
+        if rank == 0:
+            torch.save(model.state_dict(), out / "model.pt")
+            (out / "history.json").write_text(json.dumps({"history": history.to_dict(), "restart": restart}))
+    elif mode == "plain":  # the ten-line reproduction, with cifarkit's setup of the group
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        context(True, torch.device("cpu"))
+        total = torch.ones(1)
+        torch.distributed.all_reduce(total)
+        if rank == 1 and restart == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.distributed.barrier()
+        if rank == 0:
+            (out / "plain.json").write_text(json.dumps({"sum": float(total), "restart": restart}))
+    elif mode == "missing":  # a peer that never arrives
+        try:
+            context(True, torch.device("cpu"))
+        except DistributedError as exc:
+            (out / f"missing{rank}.json").write_text(json.dumps({"message": str(exc)}))
+            sys.exit(1)
     elif mode == "die":
 
         def die_on_rank1(epoch: int, history: object) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from typing import Any
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest

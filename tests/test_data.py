@@ -110,7 +110,7 @@ def test_a_damaged_download_keeps_nothing_and_a_placed_archive_is_checked(
     archive, train, _ = _archive(tmp_path)
     root = tmp_path / "root"
     monkeypatch.setattr(cifar10, "CIFAR10_URL", archive.as_uri())
-    with pytest.raises(DatasetFormatError, match="MD5 .* nothing was kept"):
+    with pytest.raises(DatasetFormatError, match=r"MD5 .* nothing was kept"):
         load_cifar10(root, download=True, progress=False)  # the real MD5 does not match this archive
     assert not root.exists() or list(root.iterdir()) == []
     root.mkdir(exist_ok=True)

@@ -123,6 +123,75 @@ def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     assert "rank 0 of 2" in report["message"] and "another rank died" in report["message"]
 
 
+def torchrun(mode: str, out: Path, *, max_restarts: int = 3, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node=2 --max-restarts=N dist_worker.py MODE OUT``, one
+    thread per worker, with nothing in the environment that a user would not have set."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFARKIT_DIST_TIMEOUT": "60",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           f"--max-restarts={max_restarts}", "--monitor-interval=0.5", str(WORKER), mode, str(out)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=out)
+
+
+@pytest.mark.slow
+def test_a_restarted_group_forms_where_plain_torch_reads_the_dead_rounds_addresses(tmp_path: Path) -> None:
+    """The reproduction of the issue (rank 1 SIGKILLs itself in round 0 after one all_reduce): with
+    torch's plain init_process_group, round 1 read round 0's addresses from the store torchrun
+    shares and hung in gloo's connectFullMesh. With cifarkit's setup round 1 forms and finishes."""
+    result = torchrun("plain", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "plain.json").read_text()) == {"sum": 2.0, "restart": 1}
+
+
+@pytest.mark.slow
+def test_a_worker_killed_after_a_checkpoint_restarts_and_ends_bit_identical(tmp_path: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    results = launch("whole", whole, timeout=300)  # two processes, never interrupted
+    assert all(r.returncode == 0 for r in results), results[0].stderr[-2000:]
+    result = torchrun("elastic", killed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((killed / "history.json").read_text())
+    assert run["restart"] == 1  # it did die once, and the second round finished
+    reference = json.loads((whole / "history.json").read_text())["history"]
+    assert run["history"]["epochs"] and [e["loss_sum"] for e in run["history"]["epochs"]] == [
+        e["loss_sum"] for e in reference["epochs"]
+    ]
+    got, want = torch.load(killed / "model.pt"), torch.load(whole / "model.pt")
+    assert all(torch.equal(got[k], want[k]) for k in want), "the restarted run differs from the uninterrupted one"
+
+
+def test_a_peer_that_never_arrives_fails_within_the_timeout_and_names_the_address(tmp_path: Path) -> None:
+    port = free_port()
+    procs = []
+    for rank in range(2):  # a world of 3: rank 2 is never started
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "CIFARKIT_DIST_TIMEOUT": "5",
+               "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), "missing", str(tmp_path)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    for proc in procs:
+        proc.communicate(timeout=150)  # a hang would end the test here, far sooner than 14 minutes
+        assert proc.returncode == 1
+    for rank in range(2):
+        message = json.loads((tmp_path / f"missing{rank}.json").read_text())["message"]
+        assert f"rank {rank} of 3" in message and f"127.0.0.1:{port}" in message and "within 5 s" in message
+        assert "CIFARKIT_DIST_TIMEOUT" in message
+
+
+def test_each_restart_round_has_its_own_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cifarkit.distributed import round_prefix
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = round_prefix()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert first == "cifarkit/job7/round0/" and round_prefix() == "cifarkit/job7/round1/"
+
+
 def test_detection_and_thread_share(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not launched_by_torchrun()

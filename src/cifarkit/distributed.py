@@ -19,6 +19,8 @@ import atexit
 import contextlib
 import inspect
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,11 +30,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.distributed_c10d import PrefixStore
+from torch.distributed.rendezvous import rendezvous
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from cifarkit.data.loader import Loader
-from cifarkit.errors import CifarkitError, DistributedError
+from cifarkit.errors import CifarkitError, DistributedError, cut
 
 __all__ = [
     "DistContext",
@@ -41,8 +45,10 @@ __all__ = [
     "all_sum_tensor",
     "context",
     "default_timeout",
+    "form_group",
     "is_main_process",
     "launched_by_torchrun",
+    "round_prefix",
     "shard_data",
     "shard_dataloader",
     "share_threads",
@@ -101,8 +107,8 @@ def launched_by_torchrun() -> bool:
 
 
 def default_timeout() -> timedelta:
-    """Collective timeout: ``CIFARKIT_DIST_TIMEOUT`` seconds (default 300) so a dead peer can't
-    hang the others forever."""
+    """How long forming the group and every collective wait: ``CIFARKIT_DIST_TIMEOUT`` seconds
+    (default 300), so a dead or missing peer cannot hang the others for ever."""
     return timedelta(seconds=float(os.environ.get("CIFARKIT_DIST_TIMEOUT", "300")))
 
 
@@ -154,18 +160,79 @@ def context(distributed: bool | None, device: torch.device) -> DistContext:
             )
             raise DistributedError(msg)
         share_threads(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        try:
-            dist.init_process_group(backend=backend, timeout=default_timeout())
-        except Exception as exc:
-            msg = f"could not initialise the {backend} process group: {exc}"
-            raise DistributedError(msg) from exc
+        form_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(_destroy)  # we created the group: we tear it down
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return DistContext(True, dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def round_prefix() -> str:
+    """The keys of this process group in the rendezvous store: ``cifarkit/<run>/round<n>/``.
+
+    Under ``torchrun`` (torchelastic) the agent's store outlives a restart: torch 2.6 to 2.14 share
+    the rendezvous' ``TCPStore`` with the workers (unless ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``),
+    and the process group of every round writes the same keys in it. A restarted round would read
+    the dead round's addresses and wait on them ("Gloo connectFullMesh failed ... Connection
+    refused"). Named by ``TORCHELASTIC_RUN_ID`` and ``TORCHELASTIC_RESTART_COUNT``, each round
+    keeps its own keys.
+
+    Example:
+        >>> import os
+        >>> round_prefix() == f"cifarkit/{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/round" + (
+        ...     os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") + "/")
+        True
+    """
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"cifarkit/{run}/round{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+
+
+def form_group(backend: str) -> None:
+    """Initialise the default process group from the launcher's ``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR`` and ``MASTER_PORT``, in this restart round's own keys (:func:`round_prefix`),
+    giving up after :func:`default_timeout`.
+
+    The store comes from torch's own ``env://`` rendezvous (a client of the agent's store under
+    torchelastic, else rank 0 hosts it); only its keys are prefixed. Every step that waits (the
+    store's connection, the peers' addresses, gloo's connections) has the timeout; a watchdog
+    ends the process with the same message should one of them not return, so that ``torchrun``
+    can restart or stop the group instead of waiting without end.
+
+    Raises:
+        DistributedError: the group did not form within the timeout: the message names the rank,
+            the address it waited on, and what to try.
+    """
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = default_timeout()
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    msg = (
+        f"rank {rank} of {world_size}: the {backend} process group did not form within "
+        f"{timeout.total_seconds():.0f} s, waiting for the other processes at {where} (the rendezvous store). "
+        "Check that every process was started (torchrun --nproc_per_node / --nnodes), that this address is "
+        "reachable from every node, or raise CIFARKIT_DIST_TIMEOUT (seconds)"
+    )
+    watchdog = threading.Timer(timeout.total_seconds() + 30, _give_up, args=(msg,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size, timeout=timeout))
+        store.set_timeout(timeout)
+        dist.init_process_group(
+            backend, store=PrefixStore(round_prefix(), store), rank=rank, world_size=world_size, timeout=timeout
+        )
+    except Exception as exc:
+        raise DistributedError(f"{msg}: {type(exc).__name__}: {cut(str(exc), 300)}") from exc
+    finally:
+        watchdog.cancel()
+
+
+def _give_up(msg: str) -> None:
+    """The watchdog's last word: a C++ call that ignored its timeout cannot be interrupted."""
+    sys.stderr.write(f"cifarkit: error: DistributedError: {msg}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
