@@ -11,7 +11,9 @@ not the launch queue's. Variants, side by side in one process as on the CPU:
 - cifarkit's default, ``amp=True`` and ``compile=True``;
 - ``evaluate`` against a bare ``inference_mode`` loop;
 - a VGG16 training step at 32 and at 224 pixels, bare and through cifarkit;
-- the bare loop with the NaN guard's host read added, to price that sync.
+- the bare loop with the NaN guard's host read added, to price that sync;
+- the one-layer model of ``benchmarks/fixed_cost.py``, trained and evaluated by cifarkit and by
+  hand loops doing the same work: what the loop adds per step, where a step is almost free.
 """
 
 from __future__ import annotations
@@ -171,12 +173,79 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
         "GPU VGG16 step 32 px, batch 32: bare": vgg(32, 32, through_cifarkit=False),
         "GPU VGG16 step 32 px, batch 32: cifarkit": vgg(32, 32, through_cifarkit=True),
     }
+    variants.update(one_layer_variants(device, data))
     if device.type == "cuda":  # seconds per step on a CPU: left out of the CPU smoke test
         variants["GPU VGG16 step 224 px, batch 16: bare"] = vgg(224, 16, through_cifarkit=False)
         variants["GPU VGG16 step 224 px, batch 16: cifarkit"] = vgg(224, 16, through_cifarkit=True)
     if quick:  # compiling takes minutes on a small CPU
         del variants["GPU cifarkit train_loop(compile=True)"]
     return variants
+
+
+ONE_HAND, ONE_OURS = "GPU one layer: hand loop, same work", "GPU one layer: cifarkit train_loop"
+ONE_EVAL_HAND, ONE_EVAL_OURS = "GPU one layer: hand inference, same figures", "GPU one layer: cifarkit evaluate"
+BASELINES.update({ONE_HAND: None, ONE_OURS: ONE_HAND, ONE_EVAL_HAND: None, ONE_EVAL_OURS: ONE_EVAL_HAND})
+
+
+def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
+    """The fixed-cost pair of ``benchmarks/fixed_cost.py`` on ``device``: a step that is almost free
+    on a GPU, so whatever the loop adds per step shows."""
+    images, labels = data.images.to(device), data.labels.to(device)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).to(device)
+
+    train_model, eval_model = model(), model()
+
+    def hand(n: int) -> int:
+        optim = torch.optim.SGD(train_model.parameters(), lr=0.01)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        order = torch.randperm(n, device=device)
+        for start in range(0, n, 64):
+            idx = order[start : start + 64]
+            x, y = images[idx].to(torch.float32).mul_(1 / 255), labels[idx]
+            optim.zero_grad(set_to_none=True)
+            out = train_model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            optim.step()
+            total += loss.detach()
+            correct += (out.argmax(1) == y).sum()
+        float(total), int(correct)
+        return n
+
+    def ours(n: int) -> int:
+        loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=64, seed=0, device=device)
+        optim = torch.optim.SGD(train_model.parameters(), lr=0.01)
+        cifarkit.train_loop(train_model, loader, optimizer=optim, device=device, progress=False)
+        sync(device)
+        return n
+
+    def hand_eval(n: int) -> int:
+        outs, ys = [], []
+        total = torch.zeros((), device=device)
+        with torch.inference_mode():
+            for start in range(0, n, 256):
+                x, y = images[start : start + 256].to(torch.float32).mul_(1 / 255), labels[start : start + 256]
+                out = eval_model(x)
+                total += F.cross_entropy(out, y) * len(y)
+                outs.append(out)
+                ys.append(y)
+            out, y = torch.cat(outs), torch.cat(ys)
+            confidence, predicted = out.softmax(1).max(1)
+            figures = torch.stack([total, (predicted == y).sum(), confidence.sum(),
+                                   (out.topk(5, 1).indices == y[:, None]).any(1).sum()])  # fmt: skip
+            torch.bincount(y * 10 + predicted, minlength=100).tolist()
+        return n if figures.tolist() else 0
+
+    def ours_eval(n: int) -> int:
+        loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=256, shuffle=False, device=device)
+        cifarkit.evaluate(eval_model, loader, device=device)
+        return n
+
+    return {ONE_HAND: hand, ONE_OURS: ours, ONE_EVAL_HAND: hand_eval, ONE_EVAL_OURS: ours_eval}
 
 
 def check_gpu_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -193,6 +262,8 @@ def check_gpu_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("GPU cifarkit default >= 20x the tutorial loop on the same GPU",
          ratio("GPU cifarkit train_loop (defaults)", TUTORIAL), 20.0),
         ("GPU evaluate >= 1.0x bare inference", v["GPU cifarkit evaluate, batch 256"]["ratio"], 1.0),
+        ("GPU one layer: train_loop >= 0.9x the hand loop doing the same work", v[ONE_OURS]["ratio"], 0.9),
+        ("GPU one layer: evaluate >= 0.9x the hand inference loop", v[ONE_EVAL_OURS]["ratio"], 0.9),
     ]  # fmt: skip
     return [
         {"what": what, "measured": round(got, 2), "status": "met" if got >= goal else "missed"}

@@ -183,3 +183,12 @@ def test_predict_on_cuda_agrees_with_the_cpu() -> None:
     on_gpu = predict(model, images, device="cuda")
     assert next(model.parameters()).is_cuda
     assert [p.probability for p in on_gpu] == pytest.approx([p.probability for p in on_cpu], rel=1e-3)
+
+
+def test_a_failing_evaluation_gives_back_grad_mode_and_every_modules_mode() -> None:
+    model = build_cnn().train()
+    model.sequential[0].eval()
+    with pytest.raises(InvalidOptionError, match="topk"):
+        evaluate(model, synthetic_cifar10(64).loader(batch_size=32), device="cpu", topk=(1, 50))
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert model.training and not model.sequential[0].training and model.sequential[1].training

@@ -287,12 +287,22 @@ def test_adapt_record_rebuilds_strategy_and_freezing_through_a_state_dict_file(
         assert torch.equal(a, b)
 
 
-def test_adapt_vgg16_is_adapt_of_vgg16() -> None:
+def test_adapt_vgg16_is_adapt_of_vgg16_and_both_record_one_builder() -> None:
     torch.manual_seed(0)
     a = cifarkit.adapt("vgg16", num_classes=3, strategy="append")
-    assert get_build_record(a) == {"builder": "adapt_vgg16", "kwargs": {"arch": "vgg16", "strategy": "append",
-                                                                        "num_classes": 3, "freeze_features": False}}  # fmt: skip
+    b = cifarkit.adapt_vgg16(num_classes=3, strategy="append")
+    c = cifarkit.adapt_vgg16(torchvision.models.vgg16(), num_classes=3, strategy="append")
+    record = {"builder": "adapt", "kwargs": {"arch": "vgg16", "strategy": "append", "num_classes": 3,
+                                            "freeze_features": False}}  # fmt: skip
+    assert get_build_record(a) == get_build_record(b) == get_build_record(c) == record
     assert a.classifier.add_linear.out_features == 3
+    other = cifarkit.adapt_vgg16(torchvision.models.vgg11_bn(), num_classes=3)  # another depth: its own name
+    assert (
+        get_build_record(other)["builder"] == "adapt_vgg16" and get_build_record(other)["kwargs"]["arch"] == "vgg11_bn"
+    )
+    assert type(rebuild(get_build_record(other)).features[1]).__name__ == "BatchNorm2d"
+    old = {"builder": "adapt_vgg16", "kwargs": {"arch": "vgg16", "strategy": "replace", "num_classes": 4}}
+    assert rebuild(old).classifier[6].out_features == 4  # files of the earlier record still load
 
 
 @pytest.fixture

@@ -111,4 +111,12 @@ def test_sums_match_a_hand_count() -> None:
     assert t.loss_mean == pytest.approx(float(losses[0] * 5 + losses[1] * 2) / 7)
     assert t.accuracy == correct / 7 and t.grad_norm_sum == 4.0 and t.norm_steps == 2 and t.grad_norm == 2.0
     assert t.seconds >= t.first_step_seconds >= 0  # type: ignore[operator]
-    assert not meter.loss_sum.requires_grad  # detached: no autograd graph is kept
+    assert not any(loss.requires_grad for loss in meter._losses)  # detached: no autograd graph is kept
+    floats = Meter(torch.device("cpu"))  # the training step hands over the loss it already read
+    for (x, y), loss in zip(batches, losses):
+        floats.add(float(loss), x, y)
+    same = floats.totals(DistContext.single(torch.device("cpu")))
+    assert same.loss_sum == pytest.approx(t.loss_sum) and same.loss_mean == pytest.approx(t.loss_mean)
+    per_tensor = Meter(torch.device("cpu"))  # norms per tensor (P,): the global norm is their vector norm
+    per_tensor.add_grad_norm(torch.tensor([3.0, 4.0]))
+    assert per_tensor.totals(DistContext.single(torch.device("cpu"))).grad_norm == pytest.approx(5.0)

@@ -144,8 +144,12 @@ class History:
     compile_seconds: float | None = None
     #: With an :class:`~cifarkit.training.callbacks.EarlyStopping` callback: the epoch whose weights were best.
     best_epoch: int | None = None
-    #: Why training ended: ``"completed"``, ``"early stopping: ..."`` or ``"stopped by <callback>"``.
+    #: Why training ended: ``"completed"``, ``"stopped by a callback"``, ``"early stopping: ..."``,
+    #: ``"raised <Error>: ..."`` or ``"interrupted"``.
     stop_reason: str | None = None
+    #: Which weights the ``eval_*`` figures are of: ``"raw"``, or ``"ema"`` with an
+    #: :class:`~cifarkit.training.averaging.EMA` callback (its average).
+    eval_weights: str = "raw"
     #: The figures this run records (``train_loop`` adds the ``eval_*`` ones with ``eval_data``);
     #: not saved, it describes the run in progress.
     figures: tuple[str, ...] = field(default=TRAIN_FIGURES, compare=False, repr=False)
@@ -157,6 +161,7 @@ class History:
         extra = f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds is not None else ""
         extra += f", best epoch {self.best_epoch}" if self.best_epoch is not None else ""
         extra += f" ({self.stop_reason})" if self.stop_reason not in (None, "completed") else ""
+        extra += ", evaluated with the averaged (EMA) weights" if self.eval_weights == "ema" else ""
         return f"History: {len(self.epochs)} epoch{'s' if len(self.epochs) != 1 else ''}{extra}"
 
     def __repr__(self) -> str:
@@ -181,6 +186,7 @@ class History:
             "compile_seconds": self.compile_seconds,
             "best_epoch": self.best_epoch,
             "stop_reason": self.stop_reason,
+            "eval_weights": self.eval_weights,
         }
 
     @classmethod
@@ -211,7 +217,10 @@ class History:
             raise bad("best_epoch and compile_seconds must be numbers")
         if not (reason is None or isinstance(reason, str)):
             raise bad("stop_reason must be text")
-        return cls(epochs=epochs, compile_seconds=seconds, best_epoch=best, stop_reason=reason)
+        weights = data.get("eval_weights", "raw")
+        if weights not in ("raw", "ema"):
+            raise bad("eval_weights must be 'raw' or 'ema'")
+        return cls(epochs=epochs, compile_seconds=seconds, best_epoch=best, stop_reason=reason, eval_weights=weights)
 
     @classmethod
     def from_json(cls, path: PathLike) -> History:

@@ -167,7 +167,8 @@ def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index:
     # A range check reads the values on the host: do it on CPU only. On accelerators it would
     # cost a sync per step, and torch's own kernel asserts on out-of-range indices there.
     if target.device.type == "cpu" and target.numel():
-        valid = target[target != ignore_index]
+        low, high = (int(v) for v in torch.aminmax(target))  # one op: the usual case costs no more
+        valid = target[target != ignore_index] if low < 0 or high >= c else target[:0]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= c):
             msg = (
                 f"cross-entropy got class indices in [{int(valid.min())}, {int(valid.max())}] but "

@@ -10,7 +10,11 @@ A record is plain JSON::
 ``resize`` names how a picture of another size is brought to ``input_size`` (see
 :mod:`cifarkit.data.images`, which implements it, and :mod:`cifarkit.exporting`, which puts it in the
 exported program). ``temperature``, written by :func:`cifarkit.calibrate`, divides the logits
-before the softmax wherever probabilities are computed (:func:`probabilities`).
+before the softmax wherever probabilities are computed (:func:`probabilities`). ``averaged``,
+written by :class:`~cifarkit.training.averaging.EMA`, says the weights are an average
+(``{"kind": "ema", "decay": 0.999, "updates": 1200}``). ``mirror: false``, written by a loader
+built with ``mirror=False``, says the pictures must not be mirrored (digits, text): flip
+test-time augmentation is refused then.
 
 Numbers are kept as given (``0.13``, not float32's ``0.12999999523``).
 """
@@ -62,9 +66,11 @@ def make_record(
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     temperature: float | None = None,
+    mirror: bool = True,
 ) -> Preprocess:
     """A record: input size, RGB channels, uint8 scaled by 1/255, then ``(x - mean) / std``;
-    ``temperature`` (a calibration's, see :func:`probabilities`) only when given.
+    ``temperature`` (a calibration's, see :func:`probabilities`) only when given; ``mirror=False``
+    for pictures that must not be mirrored.
 
     Example:
         >>> make_record(mean=[0.13] * 3, std=[0.3] * 3)["mean"]
@@ -81,6 +87,8 @@ def make_record(
     }
     if temperature is not None:
         record["temperature"] = temperature
+    if not mirror:  # only said when it matters: a mirrored picture is not one of the classes
+        record["mirror"] = False
     return validate_record(record)
 
 
@@ -121,6 +129,16 @@ def validate_record(record: object) -> Preprocess:
         and math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
     ):  # fmt: skip
         raise bad(f"temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}")
+    if not isinstance(record.get("mirror", True), bool):
+        raise bad("mirror must be true or false")
+    averaged = record.get("averaged")
+    if averaged is not None and not (
+        isinstance(averaged, dict) and averaged.get("kind") == "ema" and set(averaged) <= {"kind", "decay", "updates"}
+        and isinstance(averaged.get("decay"), float) and 0 < averaged["decay"] < 1
+        and isinstance(averaged.get("updates"), int) and not isinstance(averaged["updates"], bool)
+        and averaged["updates"] >= 0
+    ):  # fmt: skip
+        raise bad("averaged must be {'kind': 'ema', 'decay': a number in (0, 1), 'updates': a count}")
     classes = record.get("classes")
     if classes is not None and not (
         isinstance(classes, list) and len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)

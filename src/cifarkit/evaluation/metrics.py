@@ -52,6 +52,8 @@ __all__ = [
 
 #: Confidence bins of the expected calibration error (the usual 15, of equal width).
 BINS = 15
+#: Pictures whose outputs :func:`evaluate` gathers before it counts them into the per-class figures.
+CHUNK = 16_384
 
 
 def confusion_counts(targets: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -97,7 +99,13 @@ class Totals:
 
 
 class Meter:
-    """Accumulate loss, accuracy and gradient norms of batches on ``device``.
+    """Loss, accuracy and gradient norms of the batches of one pass.
+
+    Adding a batch launches at most one device op (the ``argmax`` of its logits) and never waits
+    for the device: losses, predictions and gradient norms are kept as they come (detached: no
+    graph is kept alive) and summed when the pass is read, by :meth:`totals`, with one read of
+    the device. A loss given as a Python float (the training step reads it anyway, to refuse a
+    NaN before ``backward()``) costs no device op at all.
 
     Example:
         >>> meter = Meter(torch.device("cpu"))
@@ -109,48 +117,76 @@ class Meter:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.weighted = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.norm_steps = torch.zeros((), dtype=torch.int64, device=device)  # optimizer steps with a finite norm
+        self.device = device
+        self._losses: list[torch.Tensor] = []  # 0-d, detached, on the device
+        self._loss_sizes: list[int] = []
+        self._float_sum = 0.0  # losses that came as Python floats
+        self._float_weighted = 0.0
+        self._predicted: list[torch.Tensor] = []  # (B,) argmax of each batch
+        self._targets: list[torch.Tensor] = []
+        self._norms: list[torch.Tensor] = []  # per optimizer step: the gradient norms, per tensor or total
         self.images = 0
         self.batches = 0
         self.started = time.perf_counter()
         self.first_step_seconds: float | None = None
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor | float, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` ``targets``."""
         batch = int(targets.shape[0])
-        with torch.no_grad():
-            detached = loss.detach().double()
-            self.loss_sum += detached
-            self.weighted += detached * batch
-            self.correct += (logits.argmax(1) == targets).sum()
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(loss.detach())
+            self._loss_sizes.append(batch)
+        else:
+            self._float_sum += loss
+            self._float_weighted += loss * batch
+        self._predicted.append(logits.detach().argmax(1))
+        self._targets.append(targets)
         if self.batches == 0:
             self.first_step_seconds = time.perf_counter() - self.started
         self.images += batch
         self.batches += 1
 
-    def add_grad_norm(self, norm: torch.Tensor) -> None:
-        """Count one optimizer step's gradient norm; a step a gradient scaler skipped (inf/nan
-        norm) is left out, on the device, without a sync."""
-        with torch.no_grad():
-            finite = torch.isfinite(norm)
-            self.grad_norm_sum += torch.where(finite, norm.detach().double(), 0.0)
-            self.norm_steps += finite
+    def add_grad_norm(self, norms: torch.Tensor) -> None:
+        """Count one optimizer step's gradient norm: the total (0-d), or one norm per tensor
+        ``(P,)`` whose vector norm is the total. A step a gradient scaler skipped (an inf or nan
+        norm) is left out when the pass is read."""
+        self._norms.append(norms.detach().reshape(-1))
+
+    def _device_sums(self) -> list[torch.Tensor]:
+        """Every sum as a float64 tensor on the device: losses, weighted losses, correct, grad
+        norms and steps with a finite one. No read of the device."""
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        if self._losses:
+            losses = torch.stack(self._losses).double()
+            sizes = torch.tensor(self._loss_sizes, dtype=torch.float64, device=losses.device)
+            loss_sum, weighted = losses.sum(), (losses * sizes).sum()
+        else:
+            loss_sum, weighted = zero, zero
+        correct = (torch.cat(self._predicted) == torch.cat(self._targets)).sum().double() if self._predicted else zero
+        norm_sum, norm_steps = zero, zero
+        if self._norms:
+            lengths = {len(n) for n in self._norms}
+            totals = (
+                torch.linalg.vector_norm(torch.stack(self._norms).double(), dim=1)
+                if len(lengths) == 1
+                else torch.stack([torch.linalg.vector_norm(n.double()) for n in self._norms])
+            )  # (steps,): each step's global norm
+            finite = torch.isfinite(totals)
+            norm_sum, norm_steps = torch.where(finite, totals, 0.0).sum(), finite.sum().double()
+        return [t.to(self.device) for t in (loss_sum, weighted, correct, norm_sum, norm_steps)]
 
     def totals(self, ctx: DistContext) -> Totals:
-        """Read the sums (one host sync) and add them up over ranks.
+        """Read the sums (one host read) and add them up over ranks.
 
         Under DDP every rank's shard is padded to equal batches, so the mean of the ranks' batch
         losses is the global batch loss: ``loss_sum`` is divided by the world size and then equals
         the single-process figure over the same global batches.
         """
+        loss_sum, weighted, correct, norm_sum, norm_steps = torch.stack(self._device_sums()).tolist()
         sums = all_sum(
             ctx,
-            [float(self.loss_sum), float(self.weighted), float(self.correct), float(self.images),
-             float(self.batches), float(self.grad_norm_sum), float(self.norm_steps)],
+            [loss_sum + self._float_sum, weighted + self._float_weighted, correct, float(self.images),
+             float(self.batches), norm_sum, norm_steps],
         )  # fmt: skip
         seconds = all_max(ctx, time.perf_counter() - self.started)
         first_step = None if self.first_step_seconds is None else all_max(ctx, self.first_step_seconds)
@@ -177,8 +213,8 @@ class ClassCounts:
     @property
     def per_class_accuracy(self) -> list[float]:
         """Share of each class's images predicted as that class (``nan`` for a class never seen)."""
-        totals = self.confusion.sum(1)
-        return [float(self.confusion[c, c]) / int(n) if int(n) else float("nan") for c, n in enumerate(totals)]
+        totals = self.confusion.sum(1).double()
+        return (self.confusion.diagonal().double() / totals).tolist()  # 0 / 0 is nan: never seen
 
 
 class ClassMeter:
@@ -219,7 +255,7 @@ class ClassMeter:
     def totals(self, ctx: DistContext) -> ClassCounts:
         """Read the counts once (summed over ranks under DDP)."""
         confusion = all_sum_tensor(ctx, self.confusion).view(self.num_classes, self.num_classes)
-        hits = all_sum_tensor(ctx, self.hits)
+        hits = all_sum_tensor(ctx, self.hits).tolist()
         return ClassCounts(confusion, {k: int(h) for k, h in zip(self.topk, hits)})
 
 
@@ -247,16 +283,21 @@ class CalibrationBins:
             self.sums = all_sum_tensor(ctx, self.sums)
             self.nll_sum = all_sum_tensor(ctx, self.nll_sum)
 
+    def _read(self) -> tuple[float, float, float]:
+        """Images, the summed |confidence - correct| over bins, and the summed NLL: one read."""
+        count, confidence, correct = self.sums.unbind(0)
+        total, gap, nll = torch.stack([count.sum(), (confidence - correct).abs().sum(), self.nll_sum]).tolist()
+        return total, gap, nll
+
     def ece(self) -> float:
         """Sum over bins of (share of images) x ``|accuracy - mean confidence|``; nan without images."""
-        count, confidence, correct = self.sums.cpu().unbind(0)
-        total = float(count.sum())
-        return float((confidence - correct).abs().sum()) / total if total else math.nan
+        total, gap, _ = self._read()
+        return gap / total if total else math.nan
 
     def nll(self) -> float:
         """Mean negative log-likelihood of the true class; nan without images."""
-        total = float(self.sums[0].sum())
-        return float(self.nll_sum) / total if total else math.nan
+        total, _, nll = self._read()
+        return nll / total if total else math.nan
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -423,15 +464,26 @@ def evaluate(
     meter = Meter(ctx.device)
     calibration = CalibrationBins(ctx.device)
     classes: ClassMeter | None = None  # sized at the first batch, from the logits
-    outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx)
-    with closing(outputs):
-        for _, y, out in outputs:
-            meter.add(loss_fn(out, y), out, y)
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # outputs not yet counted by the class meters
+
+    def count_pending() -> None:  # per chunk, not per batch: the per-class figures in a few ops
+        if pending and classes is not None:
+            out, y = torch.cat([o for o, _ in pending]).float(), torch.cat([t for _, t in pending])
             calibration.add(probabilities(out, record), y)
+            classes.add(out, y)
+            pending.clear()
+
+    outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx)
+    with torch.inference_mode(), closing(outputs):  # closed first: the generator restores its modes, then this
+        for _, y, out in outputs:
+            meter.add(loss_fn(out, y), out, y)  # the loss per batch, as loss_fn defines it
             if classes is None:
                 c = int(out.shape[1])
                 classes = ClassMeter(c, topk=tuple(topk) if topk is not None else _default_topk(c), device=ctx.device)
-            classes.add(out, y)
+            pending.append((out, y))
+            if len(pending) * len(y) >= CHUNK:
+                count_pending()
+        count_pending()
     totals = meter.totals(ctx)
     if totals.images == 0 or classes is None:
         msg = "evaluate data yielded no batches (a one-shot iterator that was used up?)"

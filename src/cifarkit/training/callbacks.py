@@ -4,27 +4,33 @@ A callback is any object with any of these hooks; one it does not define is skip
 Lightning Fabric), so a callback writes only what it needs. The loop calls nothing else and
 looks for no particular class: the built-in callbacks use these hooks and no others.
 
-===================================== ===========================================================
-``set_model(model)``                  before training: the model being trained (wrappers
-                                      removed), as Keras hands it over
-``on_train_start(history)``           before the first epoch (after a resume: with the resumed
-                                      history); the place to refuse options that cannot be
-                                      honoured
-``on_epoch_start(epoch, history)``    before each epoch (``epoch`` from 0); a callback may
-                                      freeze or unfreeze parameters here
-``on_step_end(step)``                 after every optimizer step: a :class:`StepEnd` (epoch,
-                                      batch, step, learning rate, the loss as a tensor not yet
-                                      read, the batch and its outputs). Reading a number from it
-                                      waits for the device: that is the callback's choice
-``on_epoch_end(epoch, history)``      after each epoch, its evaluation included; returning
-                                      ``True`` stops training (set ``history.stop_reason`` to
-                                      say why)
-``on_train_end(history)``             at the end, **however training ended**: completed, stopped
-                                      by a callback, raised, or interrupted (``KeyboardInterrupt``);
-                                      ``history.stop_reason`` says which. Every callback's runs,
-                                      in reverse order (the last one set up is the first torn
-                                      down), even when another's raised
-===================================== ===========================================================
+========================================== ========================================================
+``set_model(model)``                       before training: the model being trained (wrappers
+                                           removed), as Keras hands it over
+``on_train_start(history)``                before the first epoch (after a resume: with the resumed
+                                           history); the place to refuse options that cannot be
+                                           honoured
+``on_epoch_start(epoch, history)``         before each epoch (``epoch`` from 0); a callback may
+                                           freeze or unfreeze parameters here
+``on_step_end(step)``                      after every optimizer step: a :class:`StepEnd` (epoch,
+                                           batch, step, learning rate, the loss as a tensor not yet
+                                           read, the batch and its outputs). Reading a number from
+                                           it waits for the device: that is the callback's choice
+``on_validation_start(epoch, history)``    before the epoch's evaluation (with ``eval_data``): what
+                                           evaluation should see (the averaged weights of
+                                           :class:`EMA`) is put in here
+``on_validation_end(epoch, history)``      after it, even when it raised, last callback first: and
+                                           taken out here
+``on_epoch_end(epoch, history)``           after each epoch, its evaluation included; returning
+                                           ``True`` stops training (set ``history.stop_reason`` to
+                                           say why)
+``on_train_end(history)``                  at the end, **however training ended**: completed,
+                                           stopped by a callback, raised, or interrupted
+                                           (``KeyboardInterrupt``); ``history.stop_reason`` says
+                                           which. Every callback's runs, in reverse order (the last
+                                           one set up is the first torn down), even when another's
+                                           raised
+========================================== ========================================================
 
 A plain function ``f(epoch, history)`` is an epoch-end callback. A callback with
 ``state_dict()`` and ``load_state_dict(state)`` has its state saved in every checkpoint and
@@ -66,7 +72,16 @@ FIGURES = EVAL_FIGURES + TRAIN_FIGURES
 
 
 #: Every hook the loop calls, in the order a run calls them.
-HOOKS = ("set_model", "on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_train_end")
+HOOKS = (
+    "set_model",
+    "on_train_start",
+    "on_epoch_start",
+    "on_step_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_train_end",
+)
 
 
 @dataclass(frozen=True)
@@ -423,6 +438,17 @@ class Callbacks:
         """After every optimizer step."""
         for hook in self._step_hooks:
             hook(step)
+
+    def on_validation_start(self, epoch: int, history: History) -> None:
+        """Before the epoch's evaluation."""
+        self._call("on_validation_start", epoch, history)
+
+    def on_validation_end(self, epoch: int, history: History) -> None:
+        """After the epoch's evaluation (also when it raised), last callback first."""
+        for callback in reversed(self.items):
+            hook = getattr(callback, "on_validation_end", None)
+            if callable(hook):
+                hook(epoch, history)
 
     def on_epoch_end(self, epoch: int, history: History) -> bool:
         """Call every callback (all of them, even after one asked to stop); ``True``: stop."""

@@ -174,8 +174,12 @@ def train_loop(
             if compile and history.compile_seconds is None:
                 history.compile_seconds = stats.first_step_seconds
             if eval_data is not None:
-                result = evaluate(inner, eval_data, loss_fn=loss_fn, device=ctx.device, amp=amp,
-                                  channels_last=fmt == torch.channels_last, distributed=ctx.active)  # fmt: skip
+                run.on_validation_start(epoch, history)  # e.g. EMA puts its averaged weights in
+                try:
+                    result = evaluate(inner, eval_data, loss_fn=loss_fn, device=ctx.device, amp=amp,
+                                      channels_last=fmt == torch.channels_last, distributed=ctx.active)  # fmt: skip
+                finally:
+                    run.on_validation_end(epoch, history)  # ... and takes them out, however it ended
                 stats.eval_loss, stats.eval_accuracy = result.loss, result.accuracy
             history.epochs.append(stats)
             if scheduler is not None and per_batch is None:

@@ -119,13 +119,13 @@ def train_one_epoch(
         with autocast(dev, dtype):
             out = model(x)  # 2. forward: logits (B, C)
             loss = loss_fn(out, y)  # 3. loss: one number for the batch
-        _check_finite(loss, epoch, batch)  # before backward: a NaN never reaches the weights
+        value = _finite(loss, epoch, batch)  # before backward: a NaN never reaches the weights
         step.backward(loss)  # 4. backward: every parameter's .grad (÷ accumulate, fp16-scaled)
         if step.ready:
             meter.add_grad_norm(step.step())  # 5. step: SGD does w -= lr * w.grad
             if run.hears_steps:  # a callback's on_step_end: what the step knows, the loss not yet read
                 run.on_step_end(StepEnd(epoch, batch, step.optimizer_steps, optimizer, loss.detach(), x, out, y))
-        meter.add(loss, out, y)  # detached, on the device: no graph kept, no sync
+        meter.add(value, out, y)  # the loss as read; the rest detached, counted once per epoch
     if step.pending:  # a last group of fewer than `accumulate` batches
         meter.add_grad_norm(step.step())
         if run.hears_steps:
@@ -133,15 +133,18 @@ def train_one_epoch(
     return _epoch_stats(meter, epoch, optimizer, dist or DistContext.single(dev))
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
-    # One host read per batch: the price of refusing a NaN update (on CPU it is free).
-    if not bool(torch.isfinite(loss)):
+def _finite(loss: torch.Tensor, epoch: int, batch: int) -> float:
+    """The loss as a number, refused when NaN or infinite. One host read per batch: the price of
+    refusing a NaN update (on the CPU it is free; on CUDA it waits for the forward pass)."""
+    value = loss.item()
+    if not math.isfinite(value):
         msg = (
-            f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {batch + 1}: training diverged. "
+            f"loss is {value} at epoch {epoch + 1}, batch {batch + 1}: training diverged. "
             "Lower the learning rate, set max_grad_norm, or check the data for NaN/inf. "
             "The weights were not updated with it."
         )
         raise NonFiniteLossError(msg)
+    return value
 
 
 def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx: DistContext) -> EpochStats:
@@ -167,16 +170,26 @@ def _epoch_stats(meter: Meter, epoch: int, optimizer: torch.optim.Optimizer, ctx
 
 
 def clip_or_measure(params: Sequence[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """The global L2 norm of the gradients (before clipping), clipped to ``max_norm`` when given.
+    """The gradients' L2 norms (before clipping): with ``max_norm``, the global norm (0-d) after
+    clipping to it; without, one norm per tensor ``(P,)``, whose vector norm is the global one.
+    Measuring costs two ops per step (one fused ``_foreach_norm``, one ``stack``); the global norm
+    is taken once per epoch, by :class:`~cifarkit.evaluation.metrics.Meter`.
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
+        >>> clip_or_measure([w], None).tolist()
+        [5.0]
         >>> float(clip_or_measure([w], 1.0)), [round(g, 4) for g in w.grad.tolist()]
         (5.0, [0.6, 0.8])
     """
     if max_norm is not None:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(1)
+    if len({(g.device, g.dtype) for g in grads}) > 1:  # foreach kernels want one device and dtype
+        return torch.nn.utils.get_total_norm(grads).reshape(1)
+    return torch.stack(torch._foreach_norm(grads))
 
 
 class OptimizerStep:
