@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cifarkit import adapt, build_cnn, evaluate, fine_tune, synthetic_cifar10, train_loop
+from cifarkit import EMA, adapt, build_cnn, evaluate, fine_tune, synthetic_cifar10, train_loop
 from cifarkit.distributed import context
 from cifarkit.errors import DistributedError
 
@@ -73,6 +73,13 @@ def main() -> None:
         if rank == 0:
             torch.save(model.state_dict(), out / "model.pt")
             (out / "history.json").write_text(json.dumps({"history": history.to_dict(), "restart": restart}))
+    elif mode == "ema":  # every rank must hold the same average, batch norms included
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                  torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 10))  # fmt: skip
+        ema = EMA(0.9)
+        train_loop(net, data, epochs=2, lr=0.05, eval_data=eval_data, progress=False, device="cpu", callbacks=[ema])
+        torch.save({k: v.clone() for k, v in net.state_dict().items()}, out / f"ema{rank}.pt")
     elif mode == "plain":  # the ten-line reproduction, with cifarkit's setup of the group
         restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         context(True, torch.device("cpu"))

@@ -114,6 +114,13 @@ def test_fine_tune_freezes_then_unfreezes_in_sync_across_two_ranks(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_every_rank_holds_the_same_ema_average(tmp_path: Path) -> None:
+    results = launch("ema", tmp_path)
+    assert all(r.returncode == 0 for r in results), results[0].stderr[-2000:]
+    a, b = (torch.load(tmp_path / f"ema{rank}.pt") for rank in range(2))
+    assert "1.running_var" in a and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     results = launch("die", tmp_path, timeout=180)
     assert results[1].returncode == 3

@@ -41,6 +41,7 @@ from cifarkit.losses import CrossEntropyLoss, L1Loss, MSELoss, cross_entropy, l1
 from cifarkit.models import Diagnosis, ModelSummary, adapt, adapt_vgg16, backbones, build_cnn, summary
 from cifarkit.preprocess import preprocessing_of
 from cifarkit.training import (
+    EMA,
     DoctorReport,
     EarlyStopping,
     GradReport,
@@ -64,6 +65,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 __all__ = [
+    "EMA",
     "CalibrationReport",
     "Checkpoint",
     "CrossEntropyLoss",

@@ -179,6 +179,21 @@ def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index:
     return target
 
 
+def _check_probabilities(target: torch.Tensor) -> None:
+    """Probability targets (MixUp, CutMix, soft labels): every row non-negative, summing to 1.
+    Checked on the CPU only, as the class indices are (a read of the values)."""
+    if target.device.type != "cpu" or not target.numel():
+        return
+    low, worst = torch.stack([target.min(), (target.sum(1) - 1).abs().max()]).tolist()
+    if low < 0 or worst > 1e-3:
+        msg = (
+            f"cross-entropy got float targets that are not class probabilities (each row must be >= 0 "
+            f"and sum to 1; the smallest value is {low:.3g}, a row's sum is off by {worst:.3g}): pass "
+            "class indices (int64), or normalize the rows (target / target.sum(1, keepdim=True))"
+        )
+        raise ShapeError(msg)
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor | int,
@@ -192,7 +207,8 @@ def cross_entropy(
 
     A single sample ``(C,)`` with a scalar target is treated as a batch of one (the tutorial
     reshapes it by hand). Float targets with the logits' shape are class probabilities, as in
-    torch. ``weight``, ``ignore_index``, ``reduction`` and ``label_smoothing`` pass through.
+    torch (what MixUp and CutMix give): each row non-negative and summing to 1, else an error.
+    ``weight``, ``ignore_index``, ``reduction`` and ``label_smoothing`` pass through.
 
     Raises:
         ShapeError: logits are not ``(N, C, ...)`` or the target's shape does not fit them.
@@ -237,6 +253,7 @@ def cross_entropy(
                 f"shape {tuple(input.shape)}"
             )
             raise DtypeError(msg)
+        _check_probabilities(target)
     elif target.dtype == torch.bool or target.is_complex():
         msg = f"cross-entropy: class indices must be integers; got {target.dtype} — use target.long()"
         raise DtypeError(msg)

@@ -131,6 +131,8 @@ def validate_record(record: object) -> Preprocess:
         raise bad(f"temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}")
     if not isinstance(record.get("mirror", True), bool):
         raise bad("mirror must be true or false")
+    if record.get("tta") not in (None, "flip"):
+        raise bad("tta must be 'flip' when given")
     averaged = record.get("averaged")
     if averaged is not None and not (
         isinstance(averaged, dict) and averaged.get("kind") == "ema" and set(averaged) <= {"kind", "decay", "updates"}

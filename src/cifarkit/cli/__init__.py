@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-count", type=int, default=10_000, help="synthetic images to train on")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--augment", action="store_true", help="random crop and flip")
+    run.add_argument("--mix", choices=["mixup", "cutmix"], default=None, help="mix each training batch (soft targets)")
+    run.add_argument("--ema", nargs="?", type=float, const=0.999, default=None, metavar="DECAY",
+                     help="average the weights over the steps (evaluated and saved); DECAY default 0.999")  # fmt: skip
     run.add_argument("--amp", nargs="?", const="auto", default=None, choices=["auto", "bf16", "fp16"],
                        help="mixed precision: the device's best, or bf16/fp16 by name")  # fmt: skip
     run.add_argument("--schedule", choices=["none", "onecycle", "cosine"], default="none",
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="model.pt", help="where to save the model")
     train.add_argument("--checkpoint", default=None, help="save every epoch and resume from FILE")
     train.add_argument("--log-dir", default=None, help="TensorBoard run folder")
+    train.add_argument("--tta", action="store_true", help="also report the held-out accuracy with flip TTA")
     train.set_defaults(func=commands.cmd_train)
     finder = sub.add_parser("lr-find", parents=[run], help="sweep the learning rate and suggest one (train's options)")
     finder.add_argument("-o", "--output", default=None, metavar="PNG", help="draw the loss against the rate")
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--trusted", action="store_true", help="allow a pickled whole model or a .pt2 program")
     ev.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix as a PNG")
+    ev.add_argument("--tta", action="store_true", help="each picture and its mirror image: their mean")
     ev.set_defaults(func=commands.cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify image files")
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reject-below", type=float, default=None, metavar="P",
                     help="answer 'unknown' when the top probability is below P (calibrate first)")  # fmt: skip
     pr.add_argument("--trusted", action="store_true", help="allow a pickled whole model or a .pt2 program")
+    pr.add_argument("--tta", action="store_true", help="each picture and its mirror image: their mean")
     pr.set_defaults(func=commands.cmd_predict)
 
     ex = sub.add_parser("export", help="write an ONNX or torch.export program that takes raw pixels")
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, help="the program file: OUT.onnx or OUT.pt2")
     ex.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from the suffix of -o")
     ex.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
+    ex.add_argument("--tta", action="store_true", help="put flip test-time augmentation inside the program")
     ex.set_defaults(func=commands.cmd_export)
 
     trust = (("calibrate", "fit a temperature on held-out pictures and save the calibrated model"),
@@ -190,6 +197,8 @@ def _check_model_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         return
     if args.warmup_epochs and args.schedule != "cosine":
         parser.error("--warmup-epochs is the warm-up of --schedule cosine: add --schedule cosine, or leave it out")
+    if args.ema is not None and not 0 < args.ema < 1:
+        parser.error("--ema DECAY must be between 0 and 1 (exclusive), e.g. --ema 0.999")
     if args.fine_tune and args.momentum:
         parser.error("--fine-tune trains with AdamW, which has no --momentum: leave it out (or train without "
                      "--fine-tune, with SGD)")  # fmt: skip

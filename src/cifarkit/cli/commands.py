@@ -32,6 +32,7 @@ from cifarkit.models.cnn import build_cnn
 from cifarkit.models.pretrained import adapt, head_of
 from cifarkit.models.zoo import BACKBONES, freeze_features
 from cifarkit.preprocess import Preprocess, preprocessing_of
+from cifarkit.training.averaging import EMA
 from cifarkit.training.callbacks import TensorBoard
 from cifarkit.training.finder import lr_find
 from cifarkit.training.finetune import fine_tune
@@ -82,7 +83,7 @@ def _setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optim
     model = _build(args, len(train.classes))
     norm = _normalization(model)  # pretrained VGG16: ImageNet's mean and std
     train_data = train.loader(batch_size=args.batch_size, seed=args.seed, device=device, augment=args.augment,
-                              normalize=norm)  # fmt: skip
+                              normalize=norm, mix=args.mix)  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = 0.01 if args.lr == "find" else args.lr  # "find": replaced by the finder's suggestion
     if args.fine_tune:  # fine_tune builds its own AdamW groups; this one is what lr-find sweeps
@@ -143,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = {
         "device": device, "eval_data": eval_data, "amp": _amp(args.amp), "checkpoint": args.checkpoint,
         "progress": "lines" if args.quiet else True, "loss_fn": CrossEntropyLoss(label_smoothing=args.label_smoothing),
-        "callbacks": [TensorBoard(args.log_dir)] if args.log_dir is not None else [],
+        "callbacks": ([EMA(args.ema)] if args.ema is not None else [])
+        + ([TensorBoard(args.log_dir)] if args.log_dir is not None else []),
     }  # fmt: skip
     if args.fine_tune:
         fine_tune(model, train_data, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=lr,
@@ -153,6 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                    scheduler=_schedule(args, optimizer, lr, len(train_data)), **options)  # fmt: skip
     if not is_main_process():
         return 0
+    if args.tta:
+        for tta in (None, "flip"):
+            result = evaluate(model, eval_data, device=device, tta=tta, distributed=False)
+            print(f"held out{' with flip TTA' if tta else ''}: accuracy {result.accuracy:.2%}, loss {result.loss:.4f}")
     out = save(model, args.out, classes=classes)
     print(f"saved {out} ({out.stat().st_size:,} bytes) after {time.perf_counter() - started:.1f} s")
     if args.model == "cnn":
@@ -207,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     classes = saved_classes or data.classes  # the file's names first
     device = resolve_device(args.device)
     loader = data.loader(batch_size=256, shuffle=False, device=device, normalize=_normalization(model))
-    result = evaluate(model, loader, device=device)
+    result = evaluate(model, loader, device=device, tta="flip" if args.tta else None)
     topk = "".join(f"  top-{k} {v:.2%}" for k, v in sorted(result.topk.items()) if k != 1)
     print(f"{args.file}: loss {result.loss:.4f}  accuracy {result.accuracy:.2%}{topk}  on {result.count} images")
     print(result.per_class_table(classes))
@@ -220,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, classes, record = _model_and_classes(args)  # names read without unpickling anything
     size = args.image_size or (tuple(record["input_size"]) if record.get("input_size") else None)
     preds = predict(model, list(args.images), classes=classes, device=args.device, top=args.top, size=size,
-                    reject_below=args.reject_below)  # fmt: skip
+                    reject_below=args.reject_below, tta="flip" if args.tta else None)  # fmt: skip
     for image, pred in zip(args.images, preds):
         ranked = ", ".join(f"{label if label is not None else f'class {i}'} ({p:.1%})" for i, label, p in pred.top)
         print(f"{image}: unknown (best guess {ranked})" if pred.unknown else f"{image}: {ranked}")
@@ -260,7 +266,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
-    print(export(model, args.output, format=args.format))
+    print(export(model, args.output, format=args.format, tta="flip" if args.tta else None))
     return 0
 
 

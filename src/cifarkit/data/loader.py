@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError, check_positive_int
+from cifarkit.errors import EmptyDataError, InvalidOptionError, ShapeError, check_choice, check_positive_int
 from cifarkit.preprocess import Preprocess, make_record
 
 __all__ = ["Batch", "Loader", "TensorLoader", "check_not_empty", "match_memory_format", "set_epoch"]
@@ -130,7 +130,18 @@ class TensorLoader:
         batch_size: Images per batch.
         shuffle: Draw a new permutation every epoch.
         drop_last: Drop the last, smaller batch.
-        augment: Random crop (pad 4) and horizontal flip.
+        augment: Random crop (pad 4) and horizontal flip (no flip with ``mirror=False``).
+        mirror: ``False`` for pictures that must not be mirrored (digits, letters, text): no flip
+            in the augmentation, and the model's record says so, so that flip test-time
+            augmentation is refused for it.
+        mix: ``"mixup"`` or ``"cutmix"``: mix each batch with itself in another order
+            (torchvision's ``transforms.v2.MixUp`` / ``CutMix``); the targets become class
+            probabilities ``(B, C)``, which cifarkit's cross-entropy takes. The mix of epoch ``e``
+            depends only on the seed and ``e``, so a resumed run mixes the same way.
+        mix_alpha: The Beta(alpha, alpha) distribution the mixing share is drawn from.
+        mix_prob: The share of batches that are mixed (the others keep one-hot targets).
+        num_classes: Classes of the targets when mixing; default: the class names' count, else
+            the largest label + 1.
         device: Where batches (and the uint8 storage) live.
         generator: Seeds the loader (one draw at construction); default: torch's global RNG.
         seed: Explicit seed instead of ``generator``.
@@ -159,6 +170,11 @@ class TensorLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         augment: bool = False,
+        mirror: bool = True,
+        mix: Literal["mixup", "cutmix"] | None = None,
+        mix_alpha: float = 1.0,
+        mix_prob: float = 1.0,
+        num_classes: int | None = None,
         device: str | torch.device = "cpu",
         generator: torch.Generator | None = None,
         seed: int | None = None,
@@ -185,6 +201,14 @@ class TensorLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment
+        self.mirror = bool(mirror)
+        check_choice("mix", mix, (None, "mixup", "cutmix"))
+        for name, value, low in (("mix_alpha", mix_alpha, 0.0), ("mix_prob", mix_prob, 0.0)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > low and (name != "mix_prob" or value <= 1)):  # fmt: skip
+                msg = f"{name} must be a number above 0{' and at most 1' if name == 'mix_prob' else ''}, got {value!r}"
+                raise InvalidOptionError(msg)
+        self.mix, self.mix_alpha, self.mix_prob = mix, float(mix_alpha), float(mix_prob)
         self.memory_format = memory_format
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -198,6 +222,9 @@ class TensorLoader:
         # The numbers as given (0.13, not float32's 0.12999999523): they go into model files.
         self.normalize_values = None if normalize is None else (_as_given(normalize[0]), _as_given(normalize[1]))
         self.classes = [str(c) for c in classes] if classes is not None else None
+        self.num_classes = num_classes or (len(self.classes) if self.classes else int(self.labels.max()) + 1)
+        if mix is not None:
+            check_positive_int("num_classes", self.num_classes, minimum=2)
         self._shard = _Shard()
 
     # -- configuration ----------------------------------------------------------------
@@ -231,7 +258,7 @@ class TensorLoader:
 
     def with_options(self, **changes: Any) -> TensorLoader:
         """A copy sharing storage and seed with some attributes changed (e.g. ``memory_format``)."""
-        unknown = set(changes) - {"batch_size", "shuffle", "drop_last", "augment", "memory_format"}
+        unknown = set(changes) - {"batch_size", "shuffle", "drop_last", "augment", "memory_format", "mix"}
         if unknown:
             msg = f"with_options does not take {sorted(unknown)}"
             raise InvalidOptionError(msg)
@@ -254,7 +281,7 @@ class TensorLoader:
         """
         mean, std = self.normalize_values if self.normalize_values is not None else (None, None)
         size = [int(v) for v in self.images.shape[-2:]]
-        return make_record(input_size=size, mean=mean, std=std, classes=self.classes)
+        return make_record(input_size=size, mean=mean, std=std, classes=self.classes, mirror=self.mirror)
 
     def state_dict(self) -> dict[str, int]:
         """The seed and epoch: with them a resumed run draws the same batches (checkpoints keep it).
@@ -313,7 +340,7 @@ class TensorLoader:
         padded = torch.nn.functional.pad(x, (4, 4, 4, 4))  # (B, 3, H+8, W+8), zeros
         oy = torch.randint(0, 9, (b,), generator=g).to(x.device)
         ox = torch.randint(0, 9, (b,), generator=g).to(x.device)
-        flip = (torch.rand(b, generator=g) < 0.5).to(x.device)
+        flip = (torch.rand(b, generator=g) < (0.5 if self.mirror else 0.0)).to(x.device)
         rows = oy[:, None] + torch.arange(h, device=x.device)[None, :]  # (B, H)
         cols = torch.arange(w, device=x.device)[None, :].expand(b, w)
         cols = torch.where(flip[:, None], cols.flip(1), cols) + ox[:, None]  # (B, W)
@@ -336,11 +363,29 @@ class TensorLoader:
             x = x.to(dtype=torch.float32, memory_format=self.memory_format).mul_(1.0 / 255.0)
             if self._normalize is not None:
                 x = x.sub_(self._normalize[0]).div_(self._normalize[1])
-            yield x, self.labels[idx]
+            if self.mix is None:
+                yield x, self.labels[idx]
+            else:
+                yield self._mixed(x, self.labels[idx], g)
+
+    def _mixed(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp or CutMix of one batch, drawn from a seed taken from the epoch's generator: the
+        global random state is forked, seeded and given back (torchvision draws from it)."""
+        from torchvision.transforms import v2
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        mixed = bool(torch.rand((), generator=g) < self.mix_prob)
+        if not mixed:
+            return x, torch.nn.functional.one_hot(y, self.num_classes).to(x.dtype)
+        make = v2.MixUp if self.mix == "mixup" else v2.CutMix
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images, targets = make(alpha=self.mix_alpha, num_classes=self.num_classes)(x, y)
+        return images, targets
 
     def __repr__(self) -> str:
         return (
             f"TensorLoader(n={self.images.shape[0]}, batch_size={self.batch_size}, "
-            f"shuffle={self.shuffle}, augment={self.augment}, device={str(self.device)!r}, "
+            f"shuffle={self.shuffle}, augment={self.augment}, mix={self.mix}, device={str(self.device)!r}, "
             f"seed={self.seed}, shard={self._shard.rank}/{self._shard.world_size})"
         )

@@ -11,6 +11,7 @@ under ``torchrun``, gives each rank its shard.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,10 +34,14 @@ from cifarkit.device import (
     unwrap_model,
 )
 from cifarkit.distributed import DistContext, shard_data
-from cifarkit.errors import InvalidOptionError, ShapeError
-from cifarkit.preprocess import preprocessing_of, probabilities, to_model_input
+from cifarkit.errors import InvalidOptionError, ShapeError, check_choice
+from cifarkit.preprocess import Preprocess, preprocessing_of, probabilities, to_model_input
 
-__all__ = ["Prediction", "class_probabilities", "model_outputs", "predict"]
+__all__ = ["TTA", "Prediction", "check_tta", "class_probabilities", "flip_mean", "model_outputs", "predict"]
+
+#: Test-time augmentation: ``None``, or ``"flip"`` (the mean of a picture's and its mirror image's
+#: probabilities).
+TTA = Literal["flip"] | None
 
 #: Pictures per forward pass when :func:`class_probabilities` is given a list.
 PREDICT_BATCH = 256
@@ -55,6 +60,7 @@ def model_outputs(
     amp: Amp = ...,
     channels_last: bool | None = ...,
     dist: DistContext | None = ...,
+    tta: TTA = ...,
     labelled: Literal[True] = ...,
 ) -> Outputs: ...
 
@@ -68,6 +74,7 @@ def model_outputs(
     amp: Amp = ...,
     channels_last: bool | None = ...,
     dist: DistContext | None = ...,
+    tta: TTA = ...,
     labelled: Literal[False],
 ) -> UnlabelledOutputs: ...
 
@@ -80,6 +87,7 @@ def model_outputs(
     amp: Amp = False,
     channels_last: bool | None = None,
     dist: DistContext | None = None,
+    tta: TTA = None,
     labelled: bool = True,
 ) -> Outputs | UnlabelledOutputs:
     """``(x, y, logits)`` of every batch of ``data``, on ``device``: the one inference loop.
@@ -89,6 +97,8 @@ def model_outputs(
     and normalized as its record says (float batches are taken as the loader normalized them).
     ``dist`` (an active :class:`~cifarkit.distributed.DistContext`) gives this rank its shard,
     without padding. With ``labelled=False`` a batch is the images alone and ``y`` is ``None``.
+    ``tta="flip"`` (test-time augmentation) runs each picture and its mirror image and answers
+    their mean probability (see :func:`flip_mean`).
 
     Every module's train/eval mode, and the grad mode, are restored when the generator ends or is
     closed: iterate it inside ``contextlib.closing`` so that an exception in the caller's loop
@@ -96,6 +106,8 @@ def model_outputs(
 
     Raises:
         ShapeError: a batch that is not an ``(x, y)`` pair (with ``labelled``).
+        InvalidOptionError: an unknown ``tta``, or ``"flip"`` for a model whose record says its
+            pictures must not be mirrored.
 
     Example:
         >>> from cifarkit import build_cnn, synthetic_cifar10
@@ -105,18 +117,61 @@ def model_outputs(
         [(4, 10), (4, 10)]
     """
     inner = unwrap_model(model)
+    check_tta(tta, preprocessing_of(inner))
     fmt = place_model(inner, device, channels_last)
     batches = match_memory_format(data, device, fmt)
     if dist is not None and dist.active:
         batches = shard_data(batches, dist, pad=False)
-    return _outputs(inner, batches, device, fmt, amp_dtype(amp, device), labelled)
+    return _outputs(inner, batches, device, fmt, amp_dtype(amp, device), labelled, tta)
+
+
+def check_tta(tta: object, record: Preprocess | None) -> None:
+    """Refuse an unknown ``tta``, and ``"flip"`` for pictures that must not be mirrored.
+
+    Raises:
+        InvalidOptionError: either.
+
+    Example:
+        >>> check_tta("flip", {"mirror": False})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cifarkit.errors.InvalidOptionError: tta='flip' mirrors the pictures, but this model's record says ...
+    """
+    check_choice("tta", tta, (None, "flip"))
+    if tta == "flip" and (record or {}).get("tta") == "flip":
+        msg = "tta='flip' is already inside this exported program (its record says so): pass tta=None"
+        raise InvalidOptionError(msg)
+    if tta == "flip" and (record or {}).get("mirror") is False:
+        msg = (
+            "tta='flip' mirrors the pictures, but this model's record says they must not be mirrored "
+            "(it was trained with mirror=False: digits, letters, text, anything with a left and right): "
+            "a mirrored picture is not one of its classes. Pass tta=None"
+        )
+        raise InvalidOptionError(msg)
+
+
+def flip_mean(logits: torch.Tensor, mirrored: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Logits whose softmax (divided by ``temperature``) is the mean of the probabilities of a
+    picture and of its mirror image: ``T * log((softmax(a / T) + softmax(b / T)) / 2)``.
+
+    So every figure computed from logits (the loss, ``predict``'s probabilities, the calibration
+    error) is that of the averaged probabilities, the calibration temperature included.
+
+    Example:
+        >>> a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+        >>> torch.softmax(flip_mean(a, b), 1).tolist()
+        [[0.5, 0.5]]
+    """
+    views = torch.stack([logits.float(), mirrored.float()]) / temperature  # (2, N, C)
+    return (torch.logsumexp(torch.log_softmax(views, dim=2), dim=0) - math.log(2)) * temperature
 
 
 def _outputs(
     inner: nn.Module, batches: Iterable[Any], device: torch.device, fmt: torch.memory_format,
-    dtype: torch.dtype | None, labelled: bool,
+    dtype: torch.dtype | None, labelled: bool, tta: TTA,
 ) -> Generator[tuple[torch.Tensor, Any, torch.Tensor], None, None]:  # fmt: skip
     record = preprocessing_of(inner)
+    temperature = float((record or {}).get("temperature") or 1.0)
     with eval_mode(inner), torch.inference_mode(), autocast(device, dtype):
         for batch in batches:
             if not labelled:
@@ -126,7 +181,11 @@ def _outputs(
             else:
                 msg = "labelled pictures are needed: (x, y) batches, or an ImageTensors with labels"
                 raise ShapeError(msg)
-            yield x, y, inner(x if x.is_floating_point() else to_model_input(x, record))
+            x_in = x if x.is_floating_point() else to_model_input(x, record)
+            out = inner(x_in)
+            if tta == "flip":  # the mirror image: width is the last dimension of (N, C, H, W)
+                out = flip_mean(out, inner(x_in.flip(-1)), temperature)
+            yield x, y, out
 
 
 @dataclass(frozen=True)
@@ -149,6 +208,7 @@ def class_probabilities(
     *,
     device: str | torch.device = "auto",
     size: int | Sequence[int] | None = None,
+    tta: TTA = None,
 ) -> torch.Tensor:
     """The softmax probabilities ``(N, C)`` (float32, on the CPU) that :func:`predict` ranks.
 
@@ -156,7 +216,8 @@ def class_probabilities(
     picture path (:func:`~cifarkit.data.images.image_batch`) at ``size`` (default: the record's
     ``input_size``, else 32), scaled and normalized as recorded, the one inference loop
     (:func:`model_outputs`, in batches of 256), softmax of the logits divided by the record's
-    calibration temperature (1 without one).
+    calibration temperature (1 without one); with ``tta="flip"``, the mean of the probabilities
+    of each picture and its mirror image.
 
     Example:
         >>> import torch
@@ -173,7 +234,7 @@ def class_probabilities(
         x = to_model_input(x, record)  # normalized as the model was trained
     chunks = [x[i : i + PREDICT_BATCH] for i in range(0, x.shape[0], PREDICT_BATCH)]
     out = []
-    with closing(model_outputs(model, chunks, device=resolve_device(device), labelled=False)) as outputs:
+    with closing(model_outputs(model, chunks, device=resolve_device(device), tta=tta, labelled=False)) as outputs:
         out = [probabilities(logits, record).cpu() for _, _, logits in outputs]  # calibrated when recorded
     return torch.cat(out)
 
@@ -187,6 +248,7 @@ def predict(
     size: int | Sequence[int] | None = None,
     top: int = 1,
     reject_below: float | None = None,
+    tta: TTA = None,
 ) -> list[Prediction]:
     """Classify your own pictures: file paths, PIL images, or tensors ``(3, H, W)``/``(N, 3, H, W)``.
 
@@ -204,6 +266,9 @@ def predict(
             probability is below this: "none of these". Calibrate first
             (:func:`~cifarkit.evaluation.calibration.calibrate`), so the probabilities mean what
             they say; its report shows the share kept at a few thresholds.
+        tta: ``"flip"``: answer the mean of the probabilities of each picture and of its mirror
+            image (test-time augmentation: one more forward pass per picture, usually a little
+            more accuracy). Refused for a model trained on pictures that must not be mirrored.
 
     Raises:
         ImageReadError: a file is missing or not an image (the message names it).
@@ -218,7 +283,7 @@ def predict(
         (2, True)
     """
     record = preprocessing_of(unwrap_model(model)) or {}
-    probs = class_probabilities(model, inputs, device=device, size=size)
+    probs = class_probabilities(model, inputs, device=device, size=size, tta=tta)
     classes = classes if classes is not None else record.get("classes")
     if not isinstance(top, int) or not 1 <= top <= probs.shape[1]:
         msg = f"top={top!r} is not valid: the model has {probs.shape[1]} classes; use 1 to {probs.shape[1]}"

@@ -29,7 +29,7 @@ from cifarkit.device import Amp, resolve_device, unwrap_model
 from cifarkit.display import format_table, html_table, new_figure, save_or_return
 from cifarkit.distributed import DistContext, all_max, all_sum, all_sum_tensor, context
 from cifarkit.errors import EmptyDataError, InvalidOptionError
-from cifarkit.evaluation.inference import model_outputs
+from cifarkit.evaluation.inference import TTA, model_outputs
 from cifarkit.losses import CrossEntropyLoss, LossFn
 from cifarkit.preprocess import Preprocess, preprocessing_of, probabilities
 from cifarkit.writing import PathLike
@@ -131,7 +131,9 @@ class Meter:
         self.first_step_seconds: float | None = None
 
     def add(self, loss: torch.Tensor | float, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` ``targets``."""
+        """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` class ``targets`` (or
+        ``(B, C)`` class probabilities, as MixUp and CutMix make: counted against the dominant
+        class)."""
         batch = int(targets.shape[0])
         if isinstance(loss, torch.Tensor):
             self._losses.append(loss.detach())
@@ -140,7 +142,7 @@ class Meter:
             self._float_sum += loss
             self._float_weighted += loss * batch
         self._predicted.append(logits.detach().argmax(1))
-        self._targets.append(targets)
+        self._targets.append(targets.argmax(1) if targets.ndim == 2 else targets)  # mixed: the dominant label
         if self.batches == 0:
             self.first_step_seconds = time.perf_counter() - self.started
         self.images += batch
@@ -423,6 +425,7 @@ def evaluate(
     channels_last: bool | None = None,
     distributed: bool | None = None,
     topk: Sequence[int] | None = None,
+    tta: TTA = None,
 ) -> EvalResult:
     """Mean loss and accuracy of ``model`` over ``data``, in ``torch.inference_mode()``.
 
@@ -442,6 +445,9 @@ def evaluate(
     Args:
         topk: The k of the top-k accuracies in ``EvalResult.topk``; default ``(1, 5)``, or ``(1,)``
             for models with fewer than 5 classes.
+        tta: ``"flip"``: every figure is that of the mean probabilities of each picture and its
+            mirror image (:func:`~cifarkit.evaluation.inference.flip_mean`; the loss is their
+            negative log-likelihood). Refused for a model trained with ``mirror=False``.
 
     Raises:
         EmptyDataError: ``data`` yields no batches.
@@ -473,7 +479,7 @@ def evaluate(
             classes.add(out, y)
             pending.clear()
 
-    outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx)
+    outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx, tta=tta)
     with torch.inference_mode(), closing(outputs):  # closed first: the generator restores its modes, then this
         for _, y, out in outputs:
             meter.add(loss_fn(out, y), out, y)  # the loss per batch, as loss_fn defines it

@@ -43,7 +43,7 @@ from cifarkit.data.images import to_size
 from cifarkit.device import unwrap_model
 from cifarkit.display import format_table, html_table
 from cifarkit.errors import ExportError, InvalidOptionError, MissingExtraError
-from cifarkit.evaluation.inference import class_probabilities
+from cifarkit.evaluation.inference import TTA, check_tta, class_probabilities, flip_mean
 from cifarkit.exporting.running import PT2_EXTRA_FILE, Format, format_of, open_program, require, short_error
 from cifarkit.files.format import versions
 from cifarkit.files.modelfiles import check_finite_weights
@@ -88,6 +88,7 @@ class PixelPipeline(nn.Module):
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).reshape(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).reshape(1, -1, 1, 1))
         self.temperature = float(record.get("temperature") or 1.0)  # cifarkit.calibrate's, or 1
+        self.tta = record.get("tta")  # "flip": the mean of the picture's and its mirror's probabilities
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.height, self.width)
@@ -102,6 +103,8 @@ class PixelPipeline(nn.Module):
         torch._check(x.shape[3] == self.width)
         x = (x / 255.0 - self.mean) / self.std
         logits = self.model(x).float()
+        if self.tta == "flip":  # inside the program: the browser and ONNX users get it too
+            logits = flip_mean(logits, self.model(x.flip(-1)).float(), self.temperature)
         return torch.softmax(logits / self.temperature, dim=1), logits  # calibrated, as recorded
 
 
@@ -146,8 +149,10 @@ class ExportReport:
         return html_table(self._rows(), caption="cifarkit.export")
 
 
-def _record_for(model: nn.Module, input_size: int | Sequence[int] | None, classes: Sequence[str] | None) -> Preprocess:
-    """The model's record, with ``input_size`` and ``classes`` given here taking precedence."""
+def _record_for(
+    model: nn.Module, input_size: int | Sequence[int] | None, classes: Sequence[str] | None, tta: TTA
+) -> Preprocess:
+    """The model's record, with ``input_size``, ``classes`` and ``tta`` given here taking precedence."""
     record = preprocessing_of(model) or {}
     if input_size is None and not record.get("input_size"):
         msg = (
@@ -159,9 +164,13 @@ def _record_for(model: nn.Module, input_size: int | Sequence[int] | None, classe
     if max(height, width) > MAX_SIDE:
         msg = f"input_size {height}x{width} is over the {MAX_SIDE}-pixel limit of a record"
         raise InvalidOptionError(msg)
+    check_tta(tta, record)
     names = classes if classes is not None else record.get("classes")
-    return make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names,
-                       temperature=record.get("temperature"))  # fmt: skip
+    made = make_record(input_size=(height, width), mean=record.get("mean"), std=record.get("std"), classes=names,
+                       temperature=record.get("temperature"), mirror=record.get("mirror", True))  # fmt: skip
+    if record.get("averaged") is not None:
+        made["averaged"] = record["averaged"]
+    return validate_record({**made, "tta": tta} if tta is not None else made)
 
 
 def _capture(pipeline: PixelPipeline, fmt: Format) -> Callable[[IO[bytes]], object]:
@@ -258,6 +267,7 @@ def export(
     format: Format | None = None,
     input_size: int | Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
+    tta: TTA = None,
 ) -> ExportReport:
     """Write ``model`` as an ONNX or ``torch.export`` program that takes raw pixels.
 
@@ -281,6 +291,8 @@ def export(
         input_size: The side (or ``(height, width)``) pictures are resized to; default: the
             record's. Needed for a model without a record.
         classes: The class names; default: the record's.
+        tta: ``"flip"``: the program answers the mean of the probabilities of each picture and
+            of its mirror image (two forward passes inside it; the record says ``"tta": "flip"``).
 
     Returns:
         An :class:`ExportReport`: the file, the sizes and batches checked, the largest
@@ -311,12 +323,13 @@ def export(
             require(module)
     inner = unwrap_model(model)
     check_finite_weights(inner, target)
-    record = _record_for(inner, input_size, classes)
+    record = _record_for(inner, input_size, classes, tta)
     size = (record["input_size"][0], record["input_size"][1])
     eager = copy.deepcopy(inner).to("cpu", torch.float32).eval()
-    set_preprocessing(eager, record)  # the copy answers by the final record
+    set_preprocessing(eager, {k: v for k, v in record.items() if k != "tta"})  # by the final record; tta: asked below
     checks = [(s, b, _pictures(b, s, seed=i)) for i, s in enumerate(_check_sizes(*size)) for b in (1, 4)]
-    expected = [class_probabilities(eager, pictures, device="cpu", size=size).numpy() for _, _, pictures in checks]
+    expected = [class_probabilities(eager, pictures, device="cpu", size=size, tta=tta).numpy()
+                for _, _, pictures in checks]  # fmt: skip
     count = expected[0].shape[1]
     if record.get("classes") is not None and len(record["classes"]) != count:
         msg = f"{len(record['classes'])} class names for a model with {count} outputs: pass classes= with {count} names"
@@ -346,7 +359,8 @@ def export(
         measured.update(
             at_size=at_size, resized=resized, bytes=temporary.stat().st_size,
             runtime=_timed(lambda: program.run(nhwc)) / len(batch) * 1000,
-            eager=_timed(lambda: class_probabilities(eager, batch, device="cpu", size=size)) / len(batch) * 1000,
+            eager=_timed(lambda: class_probabilities(eager, batch, device="cpu", size=size, tta=tta))
+            / len(batch) * 1000,
         )  # fmt: skip
 
     written = atomic_write(target, write, verify=verify)

@@ -111,8 +111,8 @@ class ExportedModel(nn.Module):
         # What this module takes: pixels scaled to [0, 1] at the program's size, not normalized
         # (the program normalizes), so predict and evaluate pick the size and class names from it.
         # (with its temperature, so that its logits give the program's own probabilities)
-        set_preprocessing(self, make_record(input_size=record["input_size"], classes=self.classes,
-                                            temperature=record.get("temperature")))  # fmt: skip
+        own = make_record(input_size=record["input_size"], classes=self.classes, temperature=record.get("temperature"))
+        set_preprocessing(self, {**own, "tta": record["tta"]} if record.get("tta") else own)
 
     def run(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``(B, H, W, 3)`` -> ``(probabilities, logits)``, numpy float32 ``(B, C)``."""

@@ -354,6 +354,13 @@ class FileInfo:
             p = self.preprocess
             norm = f"mean {p.get('mean')}, std {p.get('std')}" if p.get("mean") is not None else "none"
             rows.append(("preprocessing", f"size {p.get('input_size') or 'any'}, {p.get('scale')}, normalize: {norm}"))
+            if p.get("temperature"):
+                rows.append(("calibrated", f"temperature {p['temperature']:.4g} (cifarkit.calibrate)"))
+            if p.get("averaged"):
+                a = p["averaged"]
+                rows.append(("weights", f"an EMA average (decay {a['decay']:g}, {a['updates']:,} updates)"))
+            if p.get("mirror") is False:
+                rows.append(("mirror", "pictures must not be mirrored (flip TTA refused)"))
         if self.references:
             rows.append(("pickled classes", ", ".join(self.references)))
             rows.append(("loading", "needs trusted=True: unpickling a module runs its code (only for your own files)"))

@@ -7,6 +7,7 @@ pretrained network, the learning-rate finder, and the checks before and during a
 :mod:`~cifarkit.training.loop`        :func:`train_loop`: epochs, evaluation, checkpoints, DDP
 :mod:`~cifarkit.training.callbacks`   the hooks the loop calls, :class:`EarlyStopping`,
                                       :class:`TensorBoard`
+:mod:`~cifarkit.training.averaging`   :class:`EMA`: the weights averaged over the steps
 :mod:`~cifarkit.training.schedules`   one cycle, cosine, the two phases of fine-tuning
 :mod:`~cifarkit.training.finetune`    :func:`fine_tune`: the head first, then every layer
 :mod:`~cifarkit.training.finder`      :func:`lr_find`: the learning-rate range test
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from cifarkit.training.averaging import EMA
 from cifarkit.training.callbacks import Callbacks, EarlyStopping, StepEnd, TensorBoard
 from cifarkit.training.finder import LRFindResult, lr_find, suggest_lr
 from cifarkit.training.finetune import FineTune, fine_tune
@@ -36,6 +38,7 @@ from cifarkit.training.schedules import cosine, one_cycle
 from cifarkit.training.step import train_one_epoch
 
 __all__ = [
+    "EMA",
     "Callbacks",
     "DoctorReport",
     "EarlyStopping",

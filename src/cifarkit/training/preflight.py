@@ -29,6 +29,11 @@ code                            what it means
                                 test)
 ``batch-larger-than-data``      the batch size exceeds the number of images
 =============================== ==============================================================
+
+Besides problems, the report carries notes: facts about a sound set-up worth knowing. One so far:
+``probabilities-softened``: MixUp, CutMix and label smoothing train towards soft targets, so the
+trained model's probabilities are no longer its confidence; calibrate it afterwards
+(:func:`cifarkit.calibrate`).
 """
 
 from __future__ import annotations
@@ -70,9 +75,11 @@ class Finding:
 
 @dataclass
 class DoctorReport:
-    """What :func:`doctor` found; ``str()`` prints it, ``ok`` is true when it found nothing."""
+    """What :func:`doctor` found; ``str()`` prints it, ``ok`` is true when it found no problem
+    (``notes`` are facts about a sound set-up, not problems)."""
 
     problems: list[Finding] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -80,10 +87,14 @@ class DoctorReport:
         return not self.problems
 
     def __str__(self) -> str:
-        if self.ok:
-            return "no problems found"
-        rows = [(f.code, f.message, f.fix) for f in self.problems]
-        return f"{len(self.problems)} problem(s) found:\n" + format_table(rows, headers=("problem", "found", "fix"))
+        text = "no problems found"
+        if not self.ok:
+            rows = [(f.code, f.message, f.fix) for f in self.problems]
+            text = f"{len(self.problems)} problem(s) found:\n" + format_table(rows, headers=("problem", "found", "fix"))
+        if self.notes:
+            rows = [(f.code, f.message, f.fix) for f in self.notes]
+            text += "\nnotes:\n" + format_table(rows, headers=("note", "found", "what to do"))
+        return text
 
 
 class _CallLog(TorchFunctionMode):
@@ -175,7 +186,24 @@ def doctor(
         found += _check_owner(inner, optimizer)
         if not any(f.code.startswith("labels-") or f.code == "optimizer-not-on-model" for f in found):
             found += _check_loss(inner, optimizer, x_in, y_in, loss_fn or CrossEntropyLoss(), amp, dev, steps)
-    return DoctorReport(found)
+    return DoctorReport(found, _notes(data, loss_fn))
+
+
+def _notes(data: Iterable[Any], loss_fn: LossFn | None) -> list[Finding]:
+    softening = []
+    mix = getattr(data, "mix", None)
+    if mix is not None:
+        softening.append(f"the loader mixes batches ({mix})")
+    smoothing = getattr(loss_fn, "label_smoothing", 0.0)
+    if smoothing:
+        softening.append(f"the loss smooths the labels (label_smoothing={smoothing})")
+    if not softening:
+        return []
+    return _found(
+        "probabilities-softened",
+        f"{' and '.join(softening)}: the model learns soft targets, so its probabilities will not be its confidence",
+        "calibrate it on held-out pictures after training (cifarkit.calibrate / cifarkit calibrate)",
+    )
 
 
 def _found(code: str, message: str, fix: str) -> list[Finding]:
