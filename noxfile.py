@@ -76,7 +76,7 @@ def _dist_files() -> list[str]:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Side-by-side speed comparison (pass --quick for a smoke run); writes benchmarks/results/."""
-    session.install("-e", ".")
+    session.install("-e", ".[audit,export]", "scikit-learn>=1.3")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 

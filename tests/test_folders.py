@@ -156,3 +156,15 @@ def test_every_image_keeps_the_file_it_came_from_through_split_and_subset(folder
     assert synthetic_cifar10(4).sources is None and synthetic_cifar10(4).subset(torch.tensor([1])).sources is None
     with pytest.raises(ShapeError, match="one file per image"):
         ImageTensors(train.images, train.labels, train.classes, sources=["a.png"])
+
+
+def test_the_folder_reader_takes_torchvisions_picture_files_and_classes(tmp_path: Path) -> None:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+    from cifarkit.data.folders import EXTENSIONS, image_files
+
+    assert set(EXTENSIONS) == {*IMG_EXTENSIONS, ".gif"}
+    for name in ("b", "a", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_bytes(b"")
+    assert image_files(tmp_path)[0] == find_classes(tmp_path)[0]

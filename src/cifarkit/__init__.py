@@ -21,6 +21,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from cifarkit import errors
+from cifarkit.auditing import AuditReport, audit
 from cifarkit.data import ImageTensors, Loader, TensorLoader, load_cifar10, load_image_folder, synthetic_cifar10
 from cifarkit.evaluation import (
     CalibrationReport,
@@ -66,6 +67,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "EMA",
+    "AuditReport",
     "CalibrationReport",
     "Checkpoint",
     "CrossEntropyLoss",
@@ -93,6 +95,7 @@ __all__ = [
     "__version__",
     "adapt",
     "adapt_vgg16",
+    "audit",
     "backbones",
     "build_cnn",
     "calibrate",

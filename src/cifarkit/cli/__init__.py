@@ -1,7 +1,8 @@
 """The ``cifarkit`` command: train, lr-find, doctor, evaluate, predict, calibrate, report, export,
 inspect and plot (each one's work: :mod:`cifarkit.cli.commands`).
 
-``evaluate`` and ``predict`` take a cifarkit model file or an exported ``.onnx``/``.pt2`` program
+``audit`` exits 0 when it found nothing, 1 when it found something (like ``doctor``), 2 on bad
+input. ``evaluate`` and ``predict`` take a cifarkit model file or an exported ``.onnx``/``.pt2`` program
 (run by onnxruntime or ``torch.export.load``), and print the same for both.
 
 Bad arguments exit with status 2 and a one-line message (checked before any work: ``--out``,
@@ -155,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--top", type=int, default=12, help="how many of the worst pictures to show")
             cmd.add_argument("--no-heatmaps", action="store_true", help="no Grad-CAM (needs cifarkit[gradcam])")
 
+    au = sub.add_parser("audit", help="check a picture folder before training: broken and duplicate files, leaks, "
+                        "odd pictures, imbalance, likely label errors")  # fmt: skip
+    au.add_argument("folder", help="a folder with one sub-folder of pictures per class")
+    au.add_argument("--against", action="append", default=[], metavar="DIR", help="another split (repeatable)")
+    au.add_argument("--no-label-errors", action="store_true", help="skip the folds' trainings (the slow part)")
+    au.add_argument("--folds", type=int, default=5)
+    au.add_argument("--epochs", type=int, default=8, help="epochs of each fold's training")
+    au.add_argument("--device", default="auto")
+    au.add_argument("-o", "--output", default=None, metavar="HTML", help="write the report as an HTML page")
+    au.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    au.set_defaults(func=commands.cmd_audit)
+
     ins = sub.add_parser("inspect", help="what a saved model file holds")
     ins.add_argument("file")
     ins.set_defaults(func=commands.cmd_inspect)
@@ -168,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors found before any work: each exits 2 with one line."""
+    if getattr(args, "command", None) == "audit":
+        for folder in [args.folder, *args.against]:
+            if not Path(folder).is_dir():
+                parser.error(f"no folder at {folder}: pass a folder with one sub-folder of pictures per class")
+        if args.folds < 2:
+            parser.error("--folds must be at least 2")
+        for name in ("output", "json"):
+            if getattr(args, name) is not None:
+                try:
+                    check_writable(getattr(args, name))
+                except CifarkitError as exc:
+                    parser.error(str(exc))
     for name in ("epochs", "batch_size", "train_count", "count", "top", "image_size", "steps"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

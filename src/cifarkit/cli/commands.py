@@ -6,11 +6,13 @@ the usage checks are in :mod:`cifarkit.cli`.
 from __future__ import annotations
 
 import argparse
+import html
 import time
 from pathlib import Path
 
 import torch
 
+from cifarkit.auditing import audit
 from cifarkit.data.cifar10 import load_cifar10
 from cifarkit.data.folders import is_image_folder, load_image_folder
 from cifarkit.data.loader import TensorLoader
@@ -39,6 +41,7 @@ from cifarkit.training.finetune import fine_tune
 from cifarkit.training.loop import train_loop
 from cifarkit.training.preflight import doctor
 from cifarkit.training.schedules import Scheduler, cosine, one_cycle
+from cifarkit.writing import atomic_write
 
 __all__ = ["LESSON_HINT"]
 
@@ -127,7 +130,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     loss_fn = CrossEntropyLoss(label_smoothing=args.label_smoothing)
     report = doctor(model, train_data, optimizer=optimizer, loss_fn=loss_fn, amp=_amp(args.amp), device=args.device)
     print(report)
-    return 0 if report.ok else 1
+    ok = report.ok
+    if args.data not in ("synthetic", "cifar10") and is_image_folder(args.data):  # the cheap checks of an audit
+        pictures = audit(args.data, model=model, label_errors=False)
+        print(f"\nthe folder {args.data}: {pictures}")
+        ok = ok and pictures.ok
+    return 0 if ok else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -258,8 +266,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
     data = _labelled(args, model, inspect(args.file).class_names)
+    folder = args.data not in ("synthetic", "cifar10") and is_image_folder(args.data)
+    checked = audit(args.data, model=model, label_errors=False) if folder else None  # a section of the page
     out = write_report(model, data, args.output, k=args.top, heatmap=not args.no_heatmaps, device=args.device,
-                       title=f"{Path(args.file).name} on {args.data}")  # fmt: skip
+                       title=f"{Path(args.file).name} on {args.data}", audit=checked)  # fmt: skip
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 
@@ -268,6 +278,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
     print(export(model, args.output, format=args.format, tta="flip" if args.tta else None))
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    report = audit(args.folder, against=list(args.against) or None, label_errors=not args.no_label_errors,
+                   folds=args.folds, epochs=args.epochs, device=args.device)  # fmt: skip
+    print(report)
+    if args.output is not None:
+        page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>audit of {html.escape(args.folder)}</title>"
+        page += f"</head><body><h1>Audit of {html.escape(args.folder)}</h1>{report.html_section()}</body></html>"
+        print(f"wrote {atomic_write(args.output, lambda f: f.write(page.encode('utf-8')))}")
+    if args.json is not None:
+        text = report.to_json().encode("utf-8")
+        print(f"wrote {atomic_write(args.json, lambda f: f.write(text))}")
+    return 0 if report.ok else 1
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

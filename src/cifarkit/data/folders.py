@@ -1,8 +1,8 @@
 """Your own pictures: a folder with one sub-folder per class (torchvision's ``ImageFolder`` layout)
 read into memory as :class:`~cifarkit.data.tensors.ImageTensors`, in parallel, damaged files reported.
 
-Classes are discovered with torchvision's ``find_classes`` (sorted folder names, as
-``ImageFolder`` does) and files filtered with its ``IMG_EXTENSIONS`` (plus GIF); Pillow decodes.
+Classes are the sorted sub-folder names and files are filtered by torchvision's
+``IMG_EXTENSIONS`` plus GIF, as ``ImageFolder`` does (:data:`EXTENSIONS`); Pillow decodes.
 The folder is only read, never written to.
 """
 
@@ -24,16 +24,19 @@ from cifarkit.display import progress_bar
 from cifarkit.errors import DatasetFormatError, DatasetNotFoundError, ImageReadError, InvalidOptionError
 from cifarkit.writing import PathLike
 
-__all__ = ["is_image_folder", "load_image_folder"]
+__all__ = ["image_files", "is_image_folder", "load_image_folder"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def _extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+#: The picture files of a class folder: torchvision's ``IMG_EXTENSIONS`` and GIF (a test keeps
+#: them equal; written out so that reading a folder does not import torchvision).
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
-    return (*IMG_EXTENSIONS, ".gif")
+
+def _extensions() -> tuple[str, ...]:
+    return EXTENSIONS
 
 
 def is_image_folder(root: PathLike) -> bool:
@@ -163,15 +166,7 @@ def load_image_folder(
     if val_fraction is not None and not 0 < val_fraction < 1:
         msg = f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}"
         raise InvalidOptionError(msg)
-    names = _class_names(base, classes)
-    extensions = _extensions()
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(names):
-        found = _files(base / name, extensions)
-        if not found:
-            msg = f"class folder {base / name} holds no images ({', '.join(extensions)}); add some or remove the folder"
-            raise DatasetFormatError(msg)
-        files += [(path, label) for path in found]
+    names, files = image_files(base, classes)
     arrays, labels, skipped, sources = _decode(files, side, skip_errors=skip_errors, workers=workers,
                                                progress=progress)  # fmt: skip
     if skipped:
@@ -188,9 +183,40 @@ def load_image_folder(
     return data.subset(train_idx), data.subset(val_idx)
 
 
-def _class_names(base: Path, classes: Sequence[str] | None) -> list[str]:
-    from torchvision.datasets.folder import find_classes
+def image_files(root: PathLike, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class names of an image folder and its picture files with their labels, in the order
+    :func:`load_image_folder` reads them (nothing is opened).
 
+    Raises:
+        DatasetNotFoundError: no such folder, or a named class has none.
+        DatasetFormatError: no class folders, a single class, or a class with no picture files.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("cat", "dog"):
+        ...     (root / name).mkdir(); _ = (root / name / "a.png").write_bytes(b"")
+        >>> names, files = image_files(root)
+        >>> names, [(p.parent.name, label) for p, label in files]
+        (['cat', 'dog'], [('cat', 0), ('dog', 1)])
+    """
+    base = Path(root)
+    if not base.is_dir():
+        msg = f"no folder at {base}: pass a folder holding one sub-folder of images per class"
+        raise DatasetNotFoundError(msg)
+    names = _class_names(base, classes)
+    extensions = _extensions()
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(names):
+        found = _files(base / name, extensions)
+        if not found:
+            msg = f"class folder {base / name} holds no images ({', '.join(extensions)}); add some or remove the folder"
+            raise DatasetFormatError(msg)
+        files += [(path, label) for path in found]
+    return names, files
+
+
+def _class_names(base: Path, classes: Sequence[str] | None) -> list[str]:
     if classes is not None:
         missing = [c for c in classes if not (base / c).is_dir()]
         if missing:
@@ -198,11 +224,10 @@ def _class_names(base: Path, classes: Sequence[str] | None) -> list[str]:
             raise DatasetNotFoundError(msg)
         names = list(classes)
     else:
-        try:
-            names, _ = find_classes(base)
-        except FileNotFoundError as exc:
+        names = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())  # as ImageFolder
+        if not names:
             msg = f"{base} has no class folders: put each class's images in a sub-folder named after it"
-            raise DatasetFormatError(msg) from exc
+            raise DatasetFormatError(msg)
     if len(names) < 2:
         msg = f"{base} has a single class ({names[0]!r}); a classifier needs at least two class folders"
         raise DatasetFormatError(msg)

@@ -12,7 +12,7 @@ import datetime
 import html
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -107,8 +107,15 @@ def _sections(found: Interpretation, k: int, heatmap: bool) -> list[str]:
     ]
 
 
+class Section(Protocol):
+    """Anything that renders as a section of the page (an :class:`~cifarkit.auditing.AuditReport`)."""
+
+    def html_section(self) -> str: ...
+
+
 def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, heatmap: bool = True,
-                 device: str | torch.device = "auto", title: str | None = None) -> Path:  # fmt: skip
+                 device: str | torch.device = "auto", title: str | None = None,
+                 audit: Section | None = None) -> Path:  # fmt: skip
     """Write one self-contained HTML page about ``model`` on the labelled pictures ``data``.
 
     The model runs once over the pictures (:func:`~cifarkit.evaluation.interpretation.interpret`);
@@ -122,6 +129,8 @@ def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, he
         k: How many of the worst pictures to show.
         heatmap: Grad-CAM heatmaps over them (needs ``cifarkit[gradcam]``).
         title: The page's title; default: the time it was written.
+        audit: The audit of the same pictures (:func:`cifarkit.audit`): a section "The pictures
+            themselves" with its findings.
 
     Raises:
         EmptyDataError, ShapeError, ClassIndexError: as :func:`~cifarkit.evaluation.interpretation.interpret`.
@@ -138,6 +147,8 @@ def write_report(model: nn.Module, data: Any, path: PathLike, *, k: int = 12, he
     found = interpret(model, data, device=device)
     heading = title or f"cifarkit report, {datetime.datetime.now():%Y-%m-%d %H:%M}"
     body = "".join(_sections(found, k, heatmap))
+    if audit is not None:
+        body += "<h2>The pictures themselves</h2>" + audit.html_section()
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
             f"{_STYLE}</head><body><h1>{html.escape(heading)}</h1>{body}{_LOAD_CHECK}</body></html>")  # fmt: skip
     return atomic_write(path, lambda handle: handle.write(page.encode("utf-8")))
