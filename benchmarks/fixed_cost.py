@@ -40,7 +40,7 @@ def one_layer() -> nn.Module:
 
 
 def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
-    data = cifarkit.synthetic_cifar10(2_048 if quick else 8_192, seed=0)
+    data = cifarkit.synthetic_cifar10(4_096 if quick else 20_000, seed=0)  # calibrate asks for up to 20,000
     images, labels = data.images, data.labels
     train_model, eval_model = one_layer(), one_layer()
 

@@ -141,7 +141,7 @@ class Meter:
         else:
             self._float_sum += loss
             self._float_weighted += loss * batch
-        self._predicted.append(logits.detach().argmax(1))
+        self._predicted.append(logits.argmax(1))  # an index tensor: no graph, nothing to detach
         self._targets.append(targets.argmax(1) if targets.ndim == 2 else targets)  # mixed: the dominant label
         if self.batches == 0:
             self.first_step_seconds = time.perf_counter() - self.started

@@ -100,7 +100,11 @@ def train_loop(
             A callback may freeze or unfreeze parameters between epochs: under DDP the model is
             wrapped again, so the parameters that train are the ones kept in sync.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
-            is recorded as ``History.compile_seconds``).
+            is recorded as ``History.compile_seconds``). Compiling takes tens of seconds on a CPU
+            and happens once per model and shape: later epochs and later calls on the same model
+            reuse it. It pays off for larger models and on GPUs; for the tutorial CNN on a CPU it
+            does not beat eager (``nox -s bench`` measures it on the machine at hand): leave it
+            off there.
 
     Raises:
         InvalidOptionError: ``lr`` together with ``optimizer``; a scheduler built on another

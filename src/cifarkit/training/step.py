@@ -187,9 +187,10 @@ def clip_or_measure(params: Sequence[torch.Tensor], max_norm: float | None) -> t
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(1)
-    if len({(g.device, g.dtype) for g in grads}) > 1:  # foreach kernels want one device and dtype
+    try:
+        return torch.stack(torch._foreach_norm(grads))
+    except RuntimeError:  # gradients on several devices (or dtypes the fused kernel refuses)
         return torch.nn.utils.get_total_norm(grads).reshape(1)
-    return torch.stack(torch._foreach_norm(grads))
 
 
 class OptimizerStep:
