@@ -45,6 +45,7 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
     train_model, eval_model = one_layer(), one_layer()
 
     def hand_train(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         model = train_model
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -66,12 +67,14 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
         return n
 
     def ours_train(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=TRAIN_BATCH, seed=0)
         optimizer = torch.optim.SGD(train_model.parameters(), lr=0.01)
         cifarkit.train_loop(train_model, loader, optimizer=optimizer, device="cpu", progress=False)
         return n
 
     def hand_evaluate(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         model = eval_model
         loss_sum = torch.zeros((), dtype=torch.float64)
         logits, targets = [], []
@@ -99,6 +102,7 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
         return n if figures else 0
 
     def ours_evaluate(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=EVAL_BATCH, shuffle=False)
         cifarkit.evaluate(eval_model, loader, device="cpu")
         return n

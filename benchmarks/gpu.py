@@ -199,6 +199,7 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
     train_model, eval_model = model(), model()
 
     def hand(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         optim = torch.optim.SGD(train_model.parameters(), lr=0.01)
         total = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -217,6 +218,7 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
         return n
 
     def ours(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=64, seed=0, device=device)
         optim = torch.optim.SGD(train_model.parameters(), lr=0.01)
         cifarkit.train_loop(train_model, loader, optimizer=optim, device=device, progress=False)
@@ -224,6 +226,7 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
         return n
 
     def hand_eval(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         outs, ys = [], []
         total = torch.zeros((), device=device)
         with torch.inference_mode():
@@ -241,6 +244,7 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
         return n if figures.tolist() else 0
 
     def ours_eval(n: int) -> int:
+        n = min(n, len(labels))  # calibrate may ask for more than there is
         loader = cifarkit.TensorLoader(images[:n], labels[:n], batch_size=256, shuffle=False, device=device)
         cifarkit.evaluate(eval_model, loader, device=device)
         return n

@@ -76,7 +76,9 @@ def test_report_command_writes_one_page(saved: tuple[Path, Path], tmp_path: Path
                             "--no-heatmaps", "--device", "cpu"])  # fmt: skip
     assert status == 0 and f"wrote {out}" in printed
     text = out.read_text()
-    assert "model.pt on" in text and text.count("<h2>") == 6 and ".png</code>" not in text
+    model_part, _, pictures_part = text.partition("<h2>The pictures themselves</h2>")  # the audit's section
+    assert "model.pt on" in text and model_part.count("<h2>") == 6 and ".png</code>" not in model_part
+    assert "Class balance" in pictures_part
     assert any(f"/{name}/" in text for name in synthetic_cifar10(1).classes)  # files named by folder
 
 
