@@ -9,7 +9,7 @@ from torch import nn
 from cifarkit import build_cnn, synthetic_cifar10, train_loop, train_one_epoch
 from cifarkit.distributed import DistContext
 from cifarkit.errors import InvalidOptionError, NonFiniteLossError
-from cifarkit.evaluation.metrics import Meter
+from cifarkit.evaluation.metrics import FOLD_EVERY, Meter
 from cifarkit.training.step import OptimizerStep, clip_or_measure
 
 
@@ -120,3 +120,21 @@ def test_sums_match_a_hand_count() -> None:
     per_tensor = Meter(torch.device("cpu"))  # norms per tensor (P,): the global norm is their vector norm
     per_tensor.add_grad_norm(torch.tensor([3.0, 4.0]))
     assert per_tensor.totals(DistContext.single(torch.device("cpu"))).grad_norm == pytest.approx(5.0)
+
+
+def test_a_long_pass_is_folded_into_running_sums() -> None:
+    """Past FOLD_EVERY batches the meter lets its kept batches go (flat memory) and its totals
+    stay those of a hand count over every batch."""
+    torch.manual_seed(0)
+    meter = Meter(torch.device("cpu"))
+    n = 2 * FOLD_EVERY + 37
+    batches = [(torch.randn(3, 4), torch.randint(0, 4, (3,))) for _ in range(n)]
+    losses = [torch.nn.functional.cross_entropy(x, y) for x, y in batches]
+    for i, ((x, y), loss) in enumerate(zip(batches, losses)):
+        meter.add(loss, x, y)
+        meter.add_grad_norm(torch.tensor(float("nan") if i == 5 else 1.0))
+        assert len(meter._predicted) < FOLD_EVERY and len(meter._norms) < FOLD_EVERY
+    t = meter.totals(DistContext.single(torch.device("cpu")))
+    correct = sum(int((x.argmax(1) == y).sum()) for x, y in batches)
+    assert (t.images, t.batches, t.correct, t.norm_steps) == (3 * n, n, correct, n - 1)
+    assert t.loss_sum == pytest.approx(sum(float(loss) for loss in losses), rel=1e-12) and t.grad_norm_sum == n - 1

@@ -98,14 +98,20 @@ class Totals:
         return self.grad_norm_sum / self.norm_steps if self.norm_steps else None
 
 
+FOLD_EVERY = 256
+"""Batches a :class:`Meter` keeps before adding them to its running sums: a few small ops per
+256 steps, and the memory of at most 256 batches' predictions."""
+
+
 class Meter:
     """Loss, accuracy and gradient norms of the batches of one pass.
 
     Adding a batch launches at most one device op (the ``argmax`` of its logits) and never waits
     for the device: losses, predictions and gradient norms are kept as they come (detached: no
-    graph is kept alive) and summed when the pass is read, by :meth:`totals`, with one read of
-    the device. A loss given as a Python float (the training step reads it anyway, to refuse a
-    NaN before ``backward()``) costs no device op at all.
+    graph is kept alive), folded into running sums on the device every :data:`FOLD_EVERY`
+    batches (so memory stays flat however long the pass), and read by :meth:`totals` with one
+    read of the device. A loss given as a Python float (the training step reads it anyway, to
+    refuse a NaN before ``backward()``) costs no device op at all.
 
     Example:
         >>> meter = Meter(torch.device("cpu"))
@@ -125,6 +131,7 @@ class Meter:
         self._predicted: list[torch.Tensor] = []  # (B,) argmax of each batch
         self._targets: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []  # per optimizer step: the gradient norms, per tensor or total
+        self._folded: list[torch.Tensor] | None = None  # the sums of the batches already folded
         self.images = 0
         self.batches = 0
         self.started = time.perf_counter()
@@ -147,16 +154,32 @@ class Meter:
             self.first_step_seconds = time.perf_counter() - self.started
         self.images += batch
         self.batches += 1
+        if len(self._predicted) >= FOLD_EVERY:
+            self._fold()
 
     def add_grad_norm(self, norms: torch.Tensor) -> None:
         """Count one optimizer step's gradient norm: the total (0-d), or one norm per tensor
         ``(P,)`` whose vector norm is the total. A step a gradient scaler skipped (an inf or nan
         norm) is left out when the pass is read."""
         self._norms.append(norms.detach().reshape(-1))
+        if len(self._norms) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> list[torch.Tensor]:
+        """Add the kept batches to the running sums, let them go, and return the sums. No read
+        of the device."""
+        sums = self._pending_sums()
+        self._folded = sums if self._folded is None else [a + b for a, b in zip(self._folded, sums, strict=True)]
+        self._losses, self._loss_sizes, self._predicted, self._targets, self._norms = [], [], [], [], []
+        return self._folded
 
     def _device_sums(self) -> list[torch.Tensor]:
         """Every sum as a float64 tensor on the device: losses, weighted losses, correct, grad
         norms and steps with a finite one. No read of the device."""
+        return self._fold()
+
+    def _pending_sums(self) -> list[torch.Tensor]:
+        """The sums of the batches kept since the last fold, as :meth:`_device_sums` lists them."""
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         if self._losses:
             losses = torch.stack(self._losses).double()
