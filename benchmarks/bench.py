@@ -31,13 +31,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import ToTensor
 
 import cifarkit
-from cifarkit.device import cpu_supports_bf16
+from cifarkit.device import cpu_has_int8_instructions, cpu_supports_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_speed  # benchmarks/export_speed.py: an exported program against eager PyTorch
 import finetune_speed  # benchmarks/finetune_speed.py: fine_tune and lr_find against hand loops
 import fixed_cost  # benchmarks/fixed_cost.py: what the loop adds per step, on a one-layer model
 import gpu  # benchmarks/gpu.py: the GPU variants
+import int8_speed  # benchmarks/int8_speed.py: the int8 program against the fp32 one
 
 HERE = Path(__file__).resolve().parent
 Runner = Callable[[int], int]  # run on n images, return images processed
@@ -360,6 +361,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_supports_bf16(),
+        "int8_instructions": cpu_has_int8_instructions(),
         "python": platform.python_version(),
     }  # fmt: skip
 
@@ -442,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     results["image_folder"] = image_folder_speed(args.quick)
     results["fixed_cost"] = fixed_cost.fixed_cost(args.quick, measure)
     results["export"] = export_speed.export_speed(args.quick, measure)
+    results["int8"] = int8_speed.int8_speed(args.quick, measure)
     results["finetune"] = finetune_speed.finetune_speed(args.quick, measure)
     if not args.quick:
         results["compile"] = compile_speed(args.quick)
@@ -597,6 +600,8 @@ def table(results: dict[str, Any]) -> str:
         lines += compile_lines(results["compile"])
     if "export" in results:
         lines += export_speed.lines(results["export"])
+    if "int8" in results:
+        lines += int8_speed.lines(results["int8"])
     if "finetune" in results:
         lines += finetune_speed.lines(results["finetune"])
     if "allocator" in results:

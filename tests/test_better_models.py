@@ -221,11 +221,16 @@ def test_training_with_a_mix_counts_the_dominant_label_and_the_doctor_says_calib
     history = train_loop(build_cnn(activation="relu"), loader, epochs=1, device="cpu", progress=False)
     assert 0 <= history.epochs[0].train_accuracy <= 1 and math.isfinite(history.epochs[0].loss_mean)
     report = cifarkit.doctor(build_cnn(activation="relu"), loader)
-    assert report.ok and [n.code for n in report.notes] == ["probabilities-softened"]
+    assert report.ok and _codes(report.notes) == ["probabilities-softened"]
     assert "calibrate" in str(report)
     smoothing = cifarkit.doctor(build_cnn(activation="relu"), _data(64), loss_fn=cifarkit.CrossEntropyLoss(
         label_smoothing=0.1))  # fmt: skip
-    assert [n.code for n in smoothing.notes] == ["probabilities-softened"]
+    assert _codes(smoothing.notes) == ["probabilities-softened"]
+
+
+def _codes(notes: list[Any]) -> list[str]:
+    """The notes' codes, less the one that depends on the CPU (tested in test_doctor)."""
+    return [n.code for n in notes if n.code != "int8-without-vnni"]
 
 
 def test_the_command_line_trains_with_ema_and_a_mix_and_evaluates_with_tta(tmp_path: Path, capsys: Any) -> None:

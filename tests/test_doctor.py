@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cifarkit import adapt_vgg16, build_cnn, doctor, synthetic_cifar10
 from cifarkit.cli import main
-from cifarkit.device import cpu_supports_bf16
+from cifarkit.device import cpu_has_int8_instructions, cpu_supports_bf16
 from cifarkit.errors import EmptyDataError
 from cifarkit.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_record, set_preprocessing
 
@@ -155,3 +156,21 @@ def test_a_pretrained_network_fed_32_pixel_pictures_or_another_normalization(pre
               torch.arange(8))]  # fmt: skip
     assert doctor(model, batch).ok  # the size and the normalization it was pretrained with: nothing to say
     assert "input-too-small" not in [f.code for f in doctor(adapt("mobilenet_v3_small"), small).problems]
+
+
+@pytest.mark.parametrize("has_int8", [True, False])
+def test_a_cpu_without_int8_instructions_gets_a_note(has_int8: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cifarkit.training.preflight as preflight
+
+    monkeypatch.setattr(preflight, "cpu_has_int8_instructions", lambda: has_int8)
+    report = doctor(build_cnn(activation="relu"), synthetic_cifar10(32).loader(batch_size=16))
+    codes = [n.code for n in report.notes]
+    assert report.ok and codes == ([] if has_int8 else ["int8-without-vnni"])
+    assert ("VNNI" in str(report)) is not has_int8
+
+
+def test_the_int8_check_reads_the_cpu() -> None:
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if not flags:
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_has_int8_instructions() == ("avx512_vnni" in flags or "amx_int8" in flags)

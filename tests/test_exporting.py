@@ -69,6 +69,10 @@ def test_onnx_program_takes_raw_pixels_and_carries_its_record(trained: nn.Module
     assert json.loads(meta["cifarkit.preprocess"]) == preprocessing_of(trained)
     assert json.loads(meta["cifarkit.preprocess"])["mean"] == MEAN  # numbers as given, not float32's
     assert meta["cifarkit.version"] == cifarkit.__version__
+    branches = [a.g for node in proto.graph.node for a in node.attribute if a.HasField("g")]
+    assert branches and all(not n.metadata_props for g in [proto.graph, *branches] for n in g.node)
+    data = (tmp_path / "cnn.onnx").read_bytes()  # no stack traces with this machine's paths
+    assert b"stack_trace" not in data and str(Path(cifarkit.__file__).parent).encode() not in data
 
     session = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"])
     for n, (h, w) in [(1, (32, 32)), (5, (32, 32))]:

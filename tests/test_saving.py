@@ -141,7 +141,9 @@ def test_missing_class_becomes_model_class_not_found(tmp_path: Path, monkeypatch
         save(Lzp(), path, method="full")
     monkeypatch.delattr(main, "Lzp")  # a new script that lacks the class
     with pytest.raises(
-        ModelClassNotFoundError, match=r"class 'Lzp' cannot be found in module '__main__'.*import or define"
+        # the module's name as it runs: '__main__' under the pytest command, 'pytest.__main__' under python -m pytest
+        ModelClassNotFoundError,
+        match=r"class 'Lzp' cannot be found in module '(pytest\.)?__main__'.*import or define",
     ) as info:
         load(path, trusted=True)
     assert isinstance(info.value, ImportError)

@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from the suffix of -o")
     ex.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
     ex.add_argument("--tta", action="store_true", help="put flip test-time augmentation inside the program")
+    ex.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="write ONNX Runtime's static int8 program, checked against fp32 (needs --calibration)",
+    )
+    ex.add_argument(
+        "--calibration",
+        metavar="FOLDER",
+        default=None,
+        help="for --quantize int8: an image folder of the model's own kind (at least 200 pictures)",
+    )
     ex.set_defaults(func=commands.cmd_export)
 
     trust = (("calibrate", "fit a temperature on held-out pictures and save the calibrated model"),

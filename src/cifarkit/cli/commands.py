@@ -276,7 +276,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
-    print(export(model, args.output, format=args.format, tta="flip" if args.tta else None))
+    print(export(model, args.output, format=args.format, tta="flip" if args.tta else None, quantize=args.quantize,
+                 calibration=args.calibration))  # fmt: skip
     return 0
 
 

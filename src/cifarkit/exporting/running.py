@@ -9,6 +9,7 @@ before they count; :func:`load_exported` opens one by its name. onnxruntime come
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -36,12 +37,14 @@ from cifarkit.writing import PathLike
 __all__ = [
     "FORMATS",
     "PT2_EXTRA_FILE",
+    "TIE",
     "ExportedModel",
     "Format",
     "format_of",
     "load_exported",
     "open_program",
     "require",
+    "same_answers",
     "short_error",
 ]
 
@@ -53,8 +56,9 @@ PT2_EXTRA_FILE = "cifarkit.json"
 
 
 def require(module: str) -> Any:
+    """Import ``module`` (a dotted name gives the submodule) or say which extra brings it."""
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError as exc:
         msg = f"exporting to ONNX needs {module}: pip install 'cifarkit[export]' (onnx, onnxscript, onnxruntime)"
         raise MissingExtraError(msg) from exc
@@ -73,6 +77,19 @@ def format_of(path: Path, format: str | None) -> Format:
         msg = f"cannot tell the format of {path}: name it .onnx or .pt2, or pass format='onnx' or 'pt2'"
         raise InvalidOptionError(msg)
     return FORMATS[path.suffix.lower()]
+
+
+#: Two probabilities closer than this are a tie: either class is the same top-1 answer.
+TIE = 1e-5
+
+
+def same_answers(want: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Per picture: the same top-1 class in both ``(N, C)`` probability arrays, a near-tie of
+    ``want`` (within :data:`TIE`) excepted, since either class is then its answer."""
+    top_want, top_got = want.argmax(1), got.argmax(1)
+    rows = np.arange(len(want))
+    result: np.ndarray = (top_want == top_got) | (want[rows, top_want] - want[rows, top_got] <= TIE)
+    return result
 
 
 def short_error(exc: BaseException, lines: int = 6) -> str:
