@@ -312,9 +312,13 @@ def test_export_then_predict_and_evaluate_the_program_print_what_the_model_file_
 def test_export_usage_errors(
     trained: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit) as info:
-        main(["export", str(trained[0]), "-o", str(tmp_path)])  # a directory
-    assert info.value.code == 2 and "is a directory" in capsys.readouterr().err
+        main(["export", str(trained[0]), "-o", str(tmp_path / "mine")])  # a folder: a web page, but not over these
+    assert info.value.code == 2 and "not a cifarkit site" in capsys.readouterr().err
     assert main(["export", str(trained[0]), "-o", str(tmp_path / "m.tflite")]) == 1
     assert ".onnx or .pt2" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (
+        tmp_path / "mine" / "notes.txt"
+    ).read_text() == "keep me"

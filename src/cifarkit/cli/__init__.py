@@ -1,4 +1,4 @@
-"""The ``cifarkit`` command: train, lr-find, doctor, evaluate, predict, calibrate, report, export,
+"""The ``cifarkit`` command: train, lr-find, doctor, evaluate, predict, calibrate, report, export, serve,
 inspect and plot (each one's work: :mod:`cifarkit.cli.commands`).
 
 ``audit`` exits 0 when it found nothing, 1 when it found something (like ``doctor``), 2 on bad
@@ -24,6 +24,7 @@ from cifarkit.cli import commands
 from cifarkit.cli.commands import LESSON_HINT
 from cifarkit.device import resolve_device
 from cifarkit.errors import CifarkitError, cut
+from cifarkit.exporting.web import site_target
 from cifarkit.files.format import versions
 from cifarkit.models.zoo import BACKBONES
 from cifarkit.writing import check_writable
@@ -131,8 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write an ONNX or torch.export program that takes raw pixels")
     ex.add_argument("file")
-    ex.add_argument("-o", "--output", required=True, help="the program file: OUT.onnx or OUT.pt2")
-    ex.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from the suffix of -o")
+    ex.add_argument("-o", "--output", required=True, help="OUT.onnx, OUT.pt2, or a folder (OUT/) for a web page")
+    ex.add_argument("--format", choices=["onnx", "pt2", "web"], default=None, help="default: from the suffix of -o")
+    ex.add_argument(
+        "--runtime",
+        metavar="FOLDER",
+        default=None,
+        help="web: onnxruntime-web's dist folder to bundle (default: $CIFARKIT_ORT_WEB, else a CDN)",
+    )
+    ex.add_argument(
+        "--reject-below",
+        type=float,
+        default=None,
+        metavar="P",
+        help="web: say 'unknown' when the top probability is below P",
+    )
     ex.add_argument("--trusted", action="store_true", help="allow a pickled whole model")
     ex.add_argument("--tta", action="store_true", help="put flip test-time augmentation inside the program")
     ex.add_argument(
@@ -180,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     au.set_defaults(func=commands.cmd_audit)
 
+    sv = sub.add_parser("serve", help="serve a web page from export --format web (127.0.0.1; Ctrl-C stops)")
+    sv.add_argument("folder")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this machine only)")
+    sv.set_defaults(func=commands.cmd_serve)
+
     ins = sub.add_parser("inspect", help="what a saved model file holds")
     ins.add_argument("file")
     ins.set_defaults(func=commands.cmd_inspect)
@@ -214,7 +234,12 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     try:  # where the results go is checked before training, not discovered after it
         if hasattr(args, "device"):
             resolve_device(args.device)
-        if getattr(args, "command", None) in ("export", "calibrate", "report"):
+        web = getattr(args, "command", None) == "export" and (
+            args.format == "web" or args.output.endswith("/") or not Path(args.output).suffix
+        )  # a folder for a web page
+        if web:
+            site_target(args.output)
+        elif getattr(args, "command", None) in ("export", "calibrate", "report"):
             check_writable(args.output)
         if getattr(args, "download", False) and args.data != "cifar10":
             parser.error("--download fetches CIFAR-10 into its cache folder: use it with --data cifar10")

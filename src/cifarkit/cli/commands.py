@@ -27,6 +27,7 @@ from cifarkit.evaluation.report import write_report
 from cifarkit.exporting.programs import export
 from cifarkit.exporting.running import FORMATS as EXPORT_FORMATS
 from cifarkit.exporting.running import load_exported
+from cifarkit.exporting.web import serve
 from cifarkit.files.modelfiles import inspect, load, save
 from cifarkit.history import History
 from cifarkit.losses import CrossEntropyLoss
@@ -277,7 +278,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.file, trusted=args.trusted)
     print(export(model, args.output, format=args.format, tta="flip" if args.tta else None, quantize=args.quantize,
-                 calibration=args.calibration))  # fmt: skip
+                 calibration=args.calibration, runtime=args.runtime, reject_below=args.reject_below))  # fmt: skip
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve(args.folder, port=args.port, host=args.host)
     return 0
 
 

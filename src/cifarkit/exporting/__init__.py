@@ -8,6 +8,10 @@
 :mod:`~cifarkit.exporting.quantizing`  ``export(..., quantize="int8")``: ONNX Runtime's static
                                        int8 program, checked against the fp32 one on pictures
                                        held out from calibration
+:mod:`~cifarkit.exporting.web`         ``export(..., format="web")``: a folder with a page that
+                                       classifies pictures in the browser (onnxruntime-web), and
+                                       :func:`~cifarkit.exporting.web.serve` for it
+:mod:`~cifarkit.exporting.page`        that page: its HTML and script
 :mod:`~cifarkit.exporting.running`     :func:`~cifarkit.exporting.running.load_exported`: such a
                                        file as an ``nn.Module`` that ``predict`` and ``evaluate`` take
 ====================================== ==============================================================

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -55,6 +57,7 @@ from cifarkit.exporting.running import (
     same_answers,
     short_error,
 )
+from cifarkit.exporting.web import find_runtime, site_target, write_site
 from cifarkit.files.format import versions
 from cifarkit.files.modelfiles import check_finite_weights
 from cifarkit.preprocess import Preprocess, make_record, preprocessing_of, set_preprocessing, validate_record
@@ -63,7 +66,10 @@ from cifarkit.writing import PathLike, atomic_write, check_writable
 if TYPE_CHECKING:
     from cifarkit.data.tensors import ImageTensors
 
-__all__ = ["ExportReport", "PixelPipeline", "export"]
+__all__ = ["ExportFormat", "ExportReport", "PixelPipeline", "export"]
+
+#: ``format=``: a program file (``"onnx"``, ``"pt2"``) or a web page's folder (``"web"``).
+ExportFormat = Format | Literal["web"]
 
 #: The largest picture side an exported program accepts (as the preprocessing record).
 MAX_SIDE = 8192
@@ -124,7 +130,7 @@ class ExportReport:
     """What :func:`export` wrote and how the written file answered when it was run."""
 
     path: Path
-    format: Format
+    format: ExportFormat
     classes: list[str] | None
     #: Largest difference of any probability from the eager pipeline at the record's size.
     max_abs_diff: float
@@ -141,11 +147,13 @@ class ExportReport:
     #: For ``quantize="int8"``: how the int8 program answered against the fp32 one (the figures
     #: above are the fp32 program's, checked against the eager model before it was quantized).
     int8: Int8Check | None = None
+    #: For ``format="web"``: where the page gets onnxruntime-web (bundled, or a CDN and the internet).
+    runtime: str | None = None
 
     def _rows(self) -> list[tuple[str, str]]:
         size = self.preprocess["input_size"]
         return [
-            ("file", f"{self.path} ({self.format}, {self.file_bytes:,} bytes)"),
+            ("file" if self.format != "web" else "site", f"{self.path} ({self.format}, {self.file_bytes:,} bytes)"),
             ("input", f"pixels uint8 (batch, height, width, 3); resized to {size[0]}x{size[1]} inside"),
             ("output", f"probabilities float32 (batch, {len(self.classes) if self.classes else 'classes'})"),
             ("classes", ", ".join(self.classes) if self.classes else "not named"),
@@ -153,8 +161,13 @@ class ExportReport:
             ("checked batches", ", ".join(str(b) for b in self.batch_sizes)),
             ("max |diff| at size", f"{self.max_abs_diff:.2e} (eager pipeline, fp32)"),
             ("max |diff| resized", f"{self.max_abs_diff_resized:.2e}"),
-            ("ms per picture", f"{self.ms_per_picture:.3f} ({self.format}) vs {self.eager_ms_per_picture:.3f} (eager)"),
+            (
+                "ms per picture",
+                f"{self.ms_per_picture:.3f} ({self.format if self.format != 'web' else 'onnx, in Python'}) "
+                f"vs {self.eager_ms_per_picture:.3f} (eager)",
+            ),
             *(self.int8.rows() if self.int8 is not None else []),
+            *([("runtime", self.runtime)] if self.runtime is not None else []),
         ]
 
     def __str__(self) -> str:
@@ -284,14 +297,17 @@ def export(
     model: nn.Module,
     path: PathLike,
     *,
-    format: Format | None = None,
+    format: ExportFormat | None = None,
     input_size: int | Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     tta: TTA = None,
     quantize: Quantize = None,
     calibration: ImageTensors | PathLike | None = None,
+    runtime: PathLike | None = None,
+    reject_below: float | None = None,
 ) -> ExportReport:
-    """Write ``model`` as an ONNX or ``torch.export`` program that takes raw pixels.
+    """Write ``model`` as an ONNX or ``torch.export`` program that takes raw pixels, or as a web
+    page that classifies pictures in the browser.
 
     The program's input ``pixels`` is uint8 ``(batch, height, width, 3)`` RGB (batch, height and
     width dynamic); its outputs are ``probabilities`` and ``logits``, float32 ``(batch, classes)``.
@@ -308,8 +324,9 @@ def export(
 
     Args:
         model: A classifier; ``DistributedDataParallel`` and ``torch.compile`` wrappers are removed.
-        path: The file to write; its suffix (``.onnx``, ``.pt2``) names the format.
-        format: ``"onnx"`` or ``"pt2"``, when the suffix does not say.
+        path: The file to write; its suffix (``.onnx``, ``.pt2``) names the format. A path
+            without a suffix or with a trailing slash is a folder for a web page (``"web"``).
+        format: ``"onnx"``, ``"pt2"`` or ``"web"``, when the path does not say.
         input_size: The side (or ``(height, width)``) pictures are resized to; default: the
             record's. Needed for a model without a record.
         classes: The class names; default: the record's.
@@ -323,6 +340,11 @@ def export(
         calibration: For ``quantize="int8"``: the model's own kind of pictures, raw (an image
             folder or an :class:`~cifarkit.data.ImageTensors`; at least 200), that set the
             activations' ranges and check the result.
+        runtime: For ``"web"``: onnxruntime-web's ``dist`` folder, whose three files the site
+            bundles (default: ``$CIFARKIT_ORT_WEB``, else the page loads the pinned release from
+            a CDN with Subresource Integrity; see :mod:`~cifarkit.exporting.web`).
+        reject_below: For ``"web"``: the page answers "unknown" when the top probability is
+            below this.
 
     Returns:
         An :class:`ExportReport`: the file, the sizes and batches checked, the largest
@@ -331,6 +353,8 @@ def export(
 
     Raises:
         InvalidOptionError: an unknown format or suffix; no size for a model without a record;
+            for ``"web"``, a target that is a file or a folder of other files, a runtime folder
+            that lacks a file or mixes releases, ``runtime``/``reject_below`` for a program file;
             ``classes`` of the wrong length; ``quantize="int8"`` for a ``.pt2`` file or without
             ``calibration`` (or with fewer than 200 pictures).
         PathIsDirectoryError, WriteError: the path is a directory, a FIFO, under a file.
@@ -348,8 +372,38 @@ def export(
         >>> report.format, report.max_abs_diff < 1e-4, path.is_file()
         ('pt2', True, True)
     """
-    target = Path(path)
-    fmt = format_of(target, format)
+    fmt = _format_for(path, format)
+    if fmt != "web" and (runtime is not None or reject_below is not None):
+        raise InvalidOptionError("runtime= and reject_below= are for format='web' (a web page); this writes a program")
+    if fmt == "web":
+        site = site_target(path)
+        if reject_below is not None and not 0.0 < reject_below < 1.0:
+            raise InvalidOptionError(f"reject_below must be a probability between 0 and 1, got {reject_below}")
+        found = find_runtime(runtime)
+        check_quantize(quantize, "onnx", calibration)
+        with tempfile.TemporaryDirectory(prefix="cifarkit-web-") as folder:
+            program = _export_program(model, Path(folder) / "model.onnx", "onnx", input_size, classes, tta, quantize,
+                                      calibration)  # fmt: skip
+            size = write_site(site, program.path, program.preprocess, found, reject_below=reject_below,
+                              quantized=program.int8 is not None)  # fmt: skip
+        return dataclasses.replace(program, path=site, format="web", file_bytes=size, runtime=found.describe())
+    return _export_program(model, Path(path), fmt, input_size, classes, tta, quantize, calibration)
+
+
+def _format_for(path: PathLike, format: str | None) -> ExportFormat:
+    """``"web"`` when named, or for a path without a suffix or with a trailing slash; else the
+    program format the suffix or ``format`` names."""
+    text = os.fspath(path)
+    if format == "web" or (format is None and (text.endswith(("/", os.sep)) or not Path(text).suffix)):
+        return "web"
+    return format_of(Path(text), format)
+
+
+def _export_program(
+    model: nn.Module, target: Path, fmt: Format, input_size: int | Sequence[int] | None, classes: Sequence[str] | None,
+    tta: TTA, quantize: Quantize, calibration: ImageTensors | PathLike | None,
+) -> ExportReport:  # fmt: skip
+    """The ONNX or ``.pt2`` program of :func:`export`, checked and written to ``target``."""
     check_writable(target)
     check_quantize(quantize, fmt, calibration)
     if fmt == "onnx":

@@ -74,7 +74,10 @@ def format_of(path: Path, format: str | None) -> Format:
         check_choice("format", format, ("onnx", "pt2"))
         return "onnx" if format == "onnx" else "pt2"
     if path.suffix.lower() not in FORMATS:
-        msg = f"cannot tell the format of {path}: name it .onnx or .pt2, or pass format='onnx' or 'pt2'"
+        msg = (
+            f"cannot tell the format of {path}: name it .onnx or .pt2 (or a folder, without a suffix, for a web "
+            "page), or pass format='onnx', 'pt2' or 'web'"
+        )
         raise InvalidOptionError(msg)
     return FORMATS[path.suffix.lower()]
 
