@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
+from cifarkit import build_cnn, synthetic_cifar10, train_loop
 from cifarkit.data.cifar10 import CIFAR10_CLASSES
 from cifarkit.data.tensors import ImageTensors
 from cifarkit.models.zoo import weights_path
@@ -121,6 +123,24 @@ def write_cifar_folder(
 def cifar_root(tmp_path: Path) -> tuple[Path, ImageTensors, ImageTensors]:
     train, test = write_cifar_folder(tmp_path / "data")
     return tmp_path / "data", train, test
+
+
+# --------------------------------------------------------------------------- a model that learned
+
+SHAPES_MEAN, SHAPES_STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+
+
+@pytest.fixture(scope="session")
+def shapes_model() -> tuple[nn.Module, ImageTensors]:
+    """The tutorial CNN (ReLU) trained until it tells the synthetic shapes apart (normalized by
+    SHAPES_MEAN and SHAPES_STD, 100% on held-out pictures), and 400 pictures of the same kind it
+    never saw: for the int8 checks and the web page, which need answers that are not near-ties."""
+    torch.manual_seed(0)
+    data = synthetic_cifar10(2000, seed=0)
+    model = build_cnn(activation="relu")
+    train_loop(model, data.subset(torch.arange(1600)).loader(batch_size=64, seed=0, normalize=(SHAPES_MEAN, SHAPES_STD)),
+               epochs=4, optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), device="cpu", progress=False)  # fmt: skip
+    return model, data.subset(torch.arange(1600, 2000))
 
 
 # --------------------------------------------------------------------------- VGG16 weights

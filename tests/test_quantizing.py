@@ -16,24 +16,10 @@ from onnx import numpy_helper
 from PIL import Image
 from torch import nn
 
-from cifarkit import ImageTensors, build_cnn, export, load_exported, predict, save, synthetic_cifar10, train_loop
+from cifarkit import ImageTensors, export, load_exported, predict, save
 from cifarkit.cli import main
 from cifarkit.errors import ExportError, InvalidOptionError
 from cifarkit.exporting.quantizing import HOLD_OUT_AT_LEAST, MIN_AGREEMENT, split_calibration
-
-MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, ImageTensors]:
-    """The tutorial CNN (ReLU) trained until it tells the synthetic shapes apart, and 400 pictures
-    of the same kind it never saw, to calibrate on."""
-    torch.manual_seed(0)
-    data = synthetic_cifar10(2000, seed=0)
-    model = build_cnn(activation="relu")
-    train_loop(model, data.subset(torch.arange(1600)).loader(batch_size=64, seed=0, normalize=(MEAN, STD)), epochs=4,
-               optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), device="cpu", progress=False)  # fmt: skip
-    return model, data.subset(torch.arange(1600, 2000))
 
 
 def _temporaries() -> set[str]:
@@ -41,9 +27,9 @@ def _temporaries() -> set[str]:
 
 
 def test_the_int8_program_agrees_with_fp32_and_is_four_times_smaller(
-    trained: tuple[nn.Module, ImageTensors], tmp_path: Path
+    shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path
 ) -> None:
-    model, calibration = trained
+    model, calibration = shapes_model
     before = _temporaries()
     report = export(model, tmp_path / "cnn.onnx", quantize="int8", calibration=calibration)
     check = report.int8
@@ -67,12 +53,12 @@ def test_the_int8_program_agrees_with_fp32_and_is_four_times_smaller(
 
 
 def test_an_int8_program_that_answers_differently_is_refused_with_its_figures(
-    trained: tuple[nn.Module, ImageTensors], tmp_path: Path
+    shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path
 ) -> None:
     """One output channel of the last convolution scaled up 1000x and the linear layer's inputs
     from it scaled down as much: the same function in fp32 (ReLU and max pooling commute with a
     positive scale), but one activation range that swallows the others in int8."""
-    model, calibration = trained
+    model, calibration = shapes_model
     outlier = copy.deepcopy(model)
     conv, linear = outlier.sequential[6], outlier.sequential[10]  # type: ignore[index]
     with torch.no_grad():
@@ -93,8 +79,8 @@ def test_an_int8_program_that_answers_differently_is_refused_with_its_figures(
     assert fp32.int8 is None and fp32.max_abs_diff < 1e-4
 
 
-def test_options_are_checked_before_any_work(trained: tuple[nn.Module, ImageTensors], tmp_path: Path) -> None:
-    model, calibration = trained
+def test_options_are_checked_before_any_work(shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path) -> None:
+    model, calibration = shapes_model
     with pytest.raises(InvalidOptionError, match="quantize"):
         export(model, tmp_path / "a.onnx", quantize="int4", calibration=calibration)  # type: ignore[arg-type]
     with pytest.raises(InvalidOptionError, match=r"name the file \.onnx"):
@@ -110,8 +96,8 @@ def test_options_are_checked_before_any_work(trained: tuple[nn.Module, ImageTens
     assert list(tmp_path.iterdir()) == []
 
 
-def test_labels_count_only_when_the_class_names_are_the_models(trained: tuple[nn.Module, ImageTensors]) -> None:
-    _, calibration = trained
+def test_labels_count_only_when_the_class_names_are_the_models(shapes_model: tuple[nn.Module, ImageTensors]) -> None:
+    _, calibration = shapes_model
     same = split_calibration(calibration, (32, 32), calibration.classes)
     assert same.labels is not None and same.calibrate.shape == (300, 32, 32, 3) and same.held_out.dtype == np.uint8
     other = split_calibration(calibration, (32, 32), list(reversed(calibration.classes)))
@@ -121,14 +107,14 @@ def test_labels_count_only_when_the_class_names_are_the_models(trained: tuple[nn
 
 
 def test_the_command_line_quantizes_with_a_folder(
-    trained: tuple[nn.Module, ImageTensors], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     """From a folder of PNG files; as on a CPU without VNNI (7-bit weights, ONNX Runtime's advice
     against saturation there), whatever this CPU has."""
     import cifarkit.exporting.quantizing as quantizing
 
     monkeypatch.setattr(quantizing, "cpu_has_int8_instructions", lambda: False)
-    model, calibration = trained
+    model, calibration = shapes_model
     for i, (image, label) in enumerate(zip(calibration.images, calibration.labels)):
         folder = tmp_path / "pictures" / calibration.classes[int(label)]
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,12 @@ from PIL import Image
 from torch import nn
 
 from browser import CHROMIUM, Browser
-from cifarkit import ImageTensors, build_cnn, export, predict, save, synthetic_cifar10, train_loop
+from cifarkit import ImageTensors, export, predict, save
 from cifarkit.cli import main
 from cifarkit.errors import InvalidOptionError
 from cifarkit.evaluation.inference import class_probabilities
 from cifarkit.exporting.web import PINNED, RUNTIME_ENV, RUNTIME_FILES, make_server
+from conftest import SHAPES_MEAN
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ROOT / "node_modules" / "onnxruntime-web" / "dist"  # npm ci (package-lock.json), by .ci/run
@@ -37,18 +38,6 @@ needs_browser = pytest.mark.skipif(
     not os.environ.get("CI") and (CHROMIUM is None or not RUNTIME.is_dir()),
     reason="needs chromium and onnxruntime-web (apt-get install -y chromium; npm ci; .ci/run does both)",
 )
-MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, ImageTensors]:
-    """The tutorial CNN (ReLU) trained until it tells the shapes apart, and pictures it never saw."""
-    torch.manual_seed(0)
-    data = synthetic_cifar10(2000, seed=0)
-    model = build_cnn(activation="relu")
-    train_loop(model, data.subset(torch.arange(1600)).loader(batch_size=64, seed=0, normalize=(MEAN, STD)), epochs=4,
-               optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), device="cpu", progress=False)  # fmt: skip
-    return model, data.subset(torch.arange(1600, 2000))
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +48,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def site(trained: tuple[nn.Module, ImageTensors], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(shapes_model: tuple[nn.Module, ImageTensors], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site with the runtime bundled, and 'unknown' below 0.6."""
     target = tmp_path_factory.mktemp("web") / "site"
-    export(trained[0], target, runtime=RUNTIME, reject_below=0.6)
+    export(shapes_model[0], target, runtime=RUNTIME, reject_below=0.6)
     return target
 
 
@@ -92,14 +81,14 @@ def _data_url(path: Path) -> str:
 
 @needs_browser
 def test_the_page_classifies_pictures_as_predict_does(
-    trained: tuple[nn.Module, ImageTensors], site: Path, browser: Browser, tmp_path: Path
+    shapes_model: tuple[nn.Module, ImageTensors], site: Path, browser: Browser, tmp_path: Path
 ) -> None:
-    model, data = trained
+    model, data = shapes_model
     assert sorted(p.name for p in site.iterdir()) == sorted(["index.html", "model.json", "model.onnx", *RUNTIME_FILES])
     meta = json.loads((site / "model.json").read_text())
     assert meta["sha256"] == hashlib.sha256((site / "model.onnx").read_bytes()).hexdigest()
     assert meta["classes"] == data.classes and meta["reject_below"] == 0.6 and meta["onnxruntime_web"] == "1.30.0"
-    assert meta["preprocess"]["mean"] == MEAN and meta["quantized"] is None
+    assert meta["preprocess"]["mean"] == SHAPES_MEAN and meta["quantized"] is None
     files = _picture_files(data, tmp_path)
     server = _served(site)
     try:
@@ -177,10 +166,10 @@ def test_cifarkit_serve_stops_cleanly_on_ctrl_c(site: Path) -> None:
 
 
 def test_without_a_runtime_folder_the_page_loads_the_pinned_release_with_integrity(
-    trained: tuple[nn.Module, ImageTensors], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    model, calibration = trained
+    model, calibration = shapes_model
     report = export(model, str(tmp_path / "site") + "/", quantize="int8", calibration=calibration)  # the slash: web
     assert report.format == "web" and "needs the internet" in str(report) and report.int8 is not None
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["index.html", "model.json", "model.onnx"]
@@ -198,9 +187,9 @@ def test_without_a_runtime_folder_the_page_loads_the_pinned_release_with_integri
             assert integrity == f"sha384-{digest}"
 
 
-def test_the_runtime_folder_is_checked(trained: tuple[nn.Module, ImageTensors], tmp_path: Path,
+def test_the_runtime_folder_is_checked(shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    model = trained[0]
+    model = shapes_model[0]
     with pytest.raises(InvalidOptionError, match=r"lacks ort\.wasm\.min\.mjs.*npm install onnxruntime-web"):
         export(model, tmp_path / "a", runtime=tmp_path)
     mixed = tmp_path / "dist"
@@ -216,9 +205,9 @@ def test_the_runtime_folder_is_checked(trained: tuple[nn.Module, ImageTensors], 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist"]  # nothing written, no staging folder left
 
 
-def test_a_folder_is_replaced_only_by_a_whole_site(trained: tuple[nn.Module, ImageTensors], tmp_path: Path,
+def test_a_folder_is_replaced_only_by_a_whole_site(shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    model = trained[0]
+    model = shapes_model[0]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -247,8 +236,10 @@ def test_a_folder_is_replaced_only_by_a_whole_site(trained: tuple[nn.Module, Ima
         export(model, tmp_path / "other", reject_below=1.5)
 
 
-def test_the_command_line_writes_a_site(trained: tuple[nn.Module, ImageTensors], tmp_path: Path, capsys: Any) -> None:
-    save(trained[0], tmp_path / "cnn.pt")
+def test_the_command_line_writes_a_site(
+    shapes_model: tuple[nn.Module, ImageTensors], tmp_path: Path, capsys: Any
+) -> None:
+    save(shapes_model[0], tmp_path / "cnn.pt")
     code = main(["export", str(tmp_path / "cnn.pt"), "-o", str(tmp_path / "site"), "--reject-below", "0.4"])
     assert code == 0 and "site" in capsys.readouterr().out
     assert json.loads((tmp_path / "site" / "model.json").read_text())["reject_below"] == 0.4
