@@ -246,27 +246,6 @@ def check_int8(fp32: Path, int8: Path, calibration: Calibration) -> Int8Check:
     )  # fmt: skip
 
 
-def quantized_bytes(fp32: bytes, calibration: Calibration) -> tuple[bytes, Callable[[Path], Int8Check]]:
-    """Quantize the fp32 program ``fp32`` (its bytes); return the int8 program's bytes and a check
-    for the file they are written to (:func:`check_int8` against the fp32 program)."""
-    folder = Path(tempfile.mkdtemp(prefix="cifarkit-int8-"))
-    source, target = folder / "fp32.onnx", folder / "int8.onnx"
-    source.write_bytes(fp32)
-    quantize_int8(source, target, calibration.calibrate)
-    data = target.read_bytes()
-    target.unlink()
-
-    def check(written: Path) -> Int8Check:
-        try:
-            return check_int8(source, written, calibration)
-        finally:
-            source.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-    return data, check
-
-
 def _after_the_logits(graph: Any) -> list[str]:
     """The nodes that compute from the logits (temperature, softmax, the mean of a flip): they stay
     fp32, so the probabilities are not rounded to int8 steps."""
