@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import signal
@@ -10,6 +12,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from cifarkit import EMA, adapt, build_cnn, evaluate, fine_tune, synthetic_cifar10, train_loop
 from cifarkit.distributed import context
@@ -97,6 +101,16 @@ def main() -> None:
             (out / f"missing{rank}.json").write_text(json.dumps({"message": str(exc)}))
             sys.exit(1)
     elif mode == "die":
+        # The failed run's traceback holds its DDP wrapper in reference cycles: only cifarkit's
+        # own collection at exit may free them, so that is what this rank reports on.
+        gc.disable()
+
+        def after_teardown() -> None:  # registered before cifarkit's handler, so it runs after it
+            alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+            report = {"ddp_alive": alive, "initialized": dist.is_initialized()}
+            (out / f"exit{rank}.json").write_text(json.dumps(report))
+
+        atexit.register(after_teardown)
 
         def die_on_rank1(epoch: int, history: object) -> None:
             if rank == 1:

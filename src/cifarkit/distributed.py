@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import inspect
 import os
 import sys
@@ -127,6 +128,15 @@ def share_threads(local_world_size: int) -> int:
 
 
 def _destroy() -> None:
+    """Tear down the group this process formed, at exit, while the interpreter is whole.
+
+    The ``DistributedDataParallel`` wrapper of a run sits in reference cycles that hold its
+    reducer and the process group; only the garbage collector frees them. Left to the
+    interpreter's shutdown, gloo's worker threads were torn down with Python half gone and a
+    rank whose peer had died could abort ("terminate called without an active exception",
+    exit -6) instead of exiting with its own code. Collecting first frees them here.
+    """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
