@@ -101,8 +101,7 @@ def main() -> None:
             (out / f"missing{rank}.json").write_text(json.dumps({"message": str(exc)}))
             sys.exit(1)
     elif mode == "die":
-        # The failed run's traceback holds its DDP wrapper in reference cycles: only cifarkit's
-        # own collection at exit may free them, so that is what this rank reports on.
+        # Only cifarkit's own collection at exit may free the failed run's reference cycles.
         gc.disable()
 
         def after_teardown() -> None:  # registered before cifarkit's handler, so it runs after it

@@ -128,10 +128,8 @@ def test_a_dead_rank_gives_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "rank0.json").read_text())
     assert report["error"] == "DistributedError"
     assert "rank 0 of 2" in report["message"] and "another rank died" in report["message"]
-    # The failed run's DDP wrapper, held in reference cycles by its traceback, used to live until
-    # the interpreter's own shutdown, which tore gloo's threads down with Python half gone: now and
-    # then rank 0 aborted (-6, "terminate called without an active exception") instead of exiting
-    # with 1. cifarkit's teardown at exit collects it while the interpreter is whole.
+    # Nothing of the failed run outlives cifarkit's teardown at exit (why: distributed._destroy);
+    # left to the interpreter's shutdown, rank 0 now and then aborted with -6 instead of exiting 1.
     assert json.loads((tmp_path / "exit0.json").read_text()) == {"ddp_alive": 0, "initialized": False}
 
 
