@@ -198,17 +198,18 @@ TUTORIAL = "tutorial loop (PIL + ToTensor, batch 1)"
 SAME_PRECISION = {"cifarkit train_loop (defaults)": (BARE, BEST), "cifarkit train_loop(amp=True)": (BEST_BF16,)}
 
 
-def calibrate(run: Runner, seconds: float) -> int:
-    """Images to process so that one repeat takes about ``seconds`` (after a warm-up run)."""
+def calibrate(run: Runner, seconds: float, most: int = 20_000) -> int:
+    """Images to process so that one repeat takes about ``seconds`` (after a warm-up run), at
+    most ``most``."""
     n = 32
     run(n)  # warm-up (and compile, for the compiled variant)
     while True:
         start = time.perf_counter()
         done = run(n)
         elapsed = time.perf_counter() - start
-        if elapsed > seconds / 4 or n >= 20_000:
-            return min(20_000, max(32, int(done / elapsed * seconds)))
-        n = min(20_000, n * 4)
+        if elapsed > seconds / 4 or n >= most:
+            return min(most, max(32, int(done / elapsed * seconds)))
+        n = min(most, n * 4)
 
 
 def rss_over_epochs(epochs: int) -> list[int]:
@@ -376,11 +377,13 @@ def measure(
     tutorial: str,
     same_precision: dict[str, tuple[str, ...]],
     on_run: Callable[[str, float, float], None] | None = None,
+    most: int = 20_000,
 ) -> dict[str, Any]:
-    """Calibrate each variant to ``seconds``, run them in shuffled rounds, return medians and
-    the medians of per-round ratios (against ``baselines.get(name, bare)``, the tutorial loop
-    and the best same-precision loop). ``on_run(name, start, end)`` sees every timed run."""
-    sizes = {name: calibrate(run, seconds) for name, run in variants.items()}
+    """Calibrate each variant to ``seconds`` (at most ``most`` images a repeat), run them in
+    shuffled rounds, return medians and the medians of per-round ratios (against
+    ``baselines.get(name, bare)``, the tutorial loop and the best same-precision loop).
+    ``on_run(name, start, end)`` sees every timed run."""
+    sizes = {name: calibrate(run, seconds, most) for name, run in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     best_ratios: dict[str, list[float]] = {name: [] for name in same_precision}

@@ -47,6 +47,18 @@ def test_memory_format_follows_the_model_and_placing_is_idempotent() -> None:
     assert model.sequential[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_placing_converts_a_model_whose_last_conv_was_left_behind() -> None:
+    model = build_cnn()
+    place_model(model, torch.device("cpu"))
+    last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    last.weight.data = last.weight.data.contiguous()  # one tensor out of place: the look must see it
+    assert not last.weight.is_contiguous(memory_format=torch.channels_last)
+    place_model(model, torch.device("cpu"))
+    assert last.weight.is_contiguous(memory_format=torch.channels_last)
+    place_model(model, torch.device("cpu"), channels_last=False)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_move_batch_copies_only_what_must_move() -> None:
     x = torch.rand(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     y = torch.zeros(2, dtype=torch.long)

@@ -92,6 +92,29 @@ def test_topk_per_class_and_confusion_match_a_hand_count() -> None:
     assert "top-3" in repr(result) and "top-5" in repr(result)
 
 
+def test_class_meter_counts_ties_as_argmax_does_and_skips_ignored_labels() -> None:
+    from cifarkit.distributed import DistContext
+    from cifarkit.evaluation.metrics import ClassMeter
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (500, 7), generator=gen).float()  # many ties
+    labels = torch.randint(0, 7, (500,), generator=gen)
+    labels[::9] = -100  # ignore_index-style: not counted
+    meter = ClassMeter(7, topk=(1, 2, 5), device=torch.device("cpu"))
+    for part in range(0, 500, 128):
+        meter.add(logits[part : part + 128], labels[part : part + 128])
+    counts = meter.totals(DistContext.single(torch.device("cpu")))
+    keep = labels >= 0
+    order = torch.sort(-logits[keep], dim=1, stable=True).indices  # ties: the lower index first, as argmax
+    for k in (1, 2, 5):
+        assert counts.topk_hits[k] == int((order[:, :k] == labels[keep][:, None]).any(1).sum())
+    expected = torch.zeros(7, 7, dtype=torch.int64)
+    for t, p in zip(labels[keep].tolist(), logits[keep].argmax(1).tolist()):
+        expected[t, p] += 1
+    assert torch.equal(counts.confusion, expected)
+    assert counts.topk_hits[1] == int(expected.trace())
+
+
 def test_topk_above_the_number_of_classes_is_named() -> None:
     model = build_cnn(num_classes=3)
     batches = [(torch.zeros(2, 3, 32, 32), torch.tensor([0, 2]))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Literal
@@ -210,8 +211,18 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool | No
         True
     """
     fmt = memory_format_for(model, channels_last)
-    model.to(device).to(memory_format=fmt)
+    if not _in_place(model, device, fmt):  # two passes of Module.to cost more than a look
+        model.to(device).to(memory_format=fmt)
     return fmt
+
+
+def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> bool:
+    """Every parameter and buffer on ``device`` (an index-less ``cuda`` never matches: moved to
+    be sure) and every 4-d one in ``fmt``, as ``Module.to(memory_format=fmt)`` makes them."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.device != device or (tensor.ndim == 4 and not tensor.is_contiguous(memory_format=fmt)):
+            return False
+    return True
 
 
 def move_images(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:

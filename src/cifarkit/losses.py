@@ -140,8 +140,9 @@ def mse_loss(
     return _regression("MSE loss", F.mse_loss, input, target, reduction, on_int, broadcast)
 
 
-def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    n, c = input.shape[0], input.shape[1]
+def _check_class_target(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The target's shape against the logits', and its dtype made one torch takes (no reads)."""
+    n = input.shape[0]
     expected = (n, *input.shape[2:])
     if tuple(target.shape) != expected:
         if target.ndim == input.ndim and tuple(target.shape) == tuple(input.shape):
@@ -164,19 +165,19 @@ def _check_class_target(input: torch.Tensor, target: torch.Tensor, ignore_index:
         raise ShapeError(msg)
     if target.dtype not in (torch.int64, torch.uint8):
         target = target.long()  # torch accepts only int64/uint8 indices
-    # A range check reads the values on the host: do it on CPU only. On accelerators it would
-    # cost a sync per step, and torch's own kernel asserts on out-of-range indices there.
-    if target.device.type == "cpu" and target.numel():
-        low, high = (int(v) for v in torch.aminmax(target))  # one op: the usual case costs no more
-        valid = target[target != ignore_index] if low < 0 or high >= c else target[:0]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= c):
-            msg = (
-                f"cross-entropy got class indices in [{int(valid.min())}, {int(valid.max())}] but "
-                f"the logits have C={c} classes, so indices must be in [0, {c - 1}]: is "
-                "num_classes of the model right, or are labels 1-based?"
-            )
-            raise ClassIndexError(msg)
     return target
+
+
+def _class_index_error(input: torch.Tensor, target: torch.Tensor, ignore_index: int) -> ClassIndexError:
+    """What is wrong with class indices that torch's kernel found out of range."""
+    c = input.shape[1]
+    valid = target[target != ignore_index]
+    low, high = (int(v) for v in torch.aminmax(valid)) if valid.numel() else (ignore_index, ignore_index)
+    msg = (
+        f"cross-entropy got class indices in [{low}, {high}] but the logits have C={c} classes, so "
+        f"indices must be in [0, {c - 1}]: is num_classes of the model right, or are labels 1-based?"
+    )
+    return ClassIndexError(msg)
 
 
 def _check_probabilities(target: torch.Tensor) -> None:
@@ -192,6 +193,9 @@ def _check_probabilities(target: torch.Tensor) -> None:
             "class indices (int64), or normalize the rows (target / target.sum(1, keepdim=True))"
         )
         raise ShapeError(msg)
+
+
+_REDUCTIONS = get_args(Reduction)
 
 
 def cross_entropy(
@@ -223,7 +227,8 @@ def cross_entropy(
         >>> round(float(-x[1] + torch.log(torch.exp(x).sum())), 4)
         1.1019
     """
-    check_choice("reduction", reduction, get_args(Reduction))
+    if reduction not in _REDUCTIONS:  # the usual case in one look: this runs every step
+        check_choice("reduction", reduction, _REDUCTIONS)
     input = _as_tensor(input, "input")
     target = _as_tensor(target, "target")
     if not input.is_floating_point():
@@ -258,15 +263,22 @@ def cross_entropy(
         msg = f"cross-entropy: class indices must be integers; got {target.dtype} — use target.long()"
         raise DtypeError(msg)
     elif input.ndim >= 2:
-        target = _check_class_target(input, target, ignore_index)
-    return F.cross_entropy(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-    )
+        target = _check_class_target(input, target)
+    try:
+        return F.cross_entropy(
+            input,
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    except IndexError as exc:
+        # torch's CPU kernel checks every index ("Target 10 is out of bounds."): the range check
+        # costs nothing until it fails. On CUDA a device-side assert answers instead.
+        if target.is_floating_point() or input.ndim < 2:
+            raise
+        raise _class_index_error(input, target, ignore_index) from exc
 
 
 class _GuardedRegressionLoss(_Loss):

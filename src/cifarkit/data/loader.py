@@ -89,7 +89,9 @@ def match_memory_format(data: Iterable[Batch], device: torch.device, fmt: torch.
         >>> match_memory_format(loader, torch.device("cpu"), torch.channels_last).memory_format
         torch.channels_last
     """
-    if isinstance(data, Loader) and data.device == device and data.memory_format != fmt:
+    # The attributes first: a Protocol's isinstance costs more than the rest of the call.
+    differs = getattr(data, "memory_format", fmt) != fmt and getattr(data, "device", None) == device
+    if differs and isinstance(data, Loader):
         return data.with_options(memory_format=fmt)
     return data
 

@@ -30,7 +30,7 @@ from cifarkit.display import format_table, html_table, new_figure, save_or_retur
 from cifarkit.distributed import DistContext, all_max, all_sum, all_sum_tensor, context
 from cifarkit.errors import EmptyDataError, InvalidOptionError
 from cifarkit.evaluation.inference import TTA, model_outputs
-from cifarkit.losses import CrossEntropyLoss, LossFn
+from cifarkit.losses import LossFn, cross_entropy
 from cifarkit.preprocess import Preprocess, preprocessing_of, probabilities
 from cifarkit.writing import PathLike
 
@@ -58,14 +58,17 @@ CHUNK = 16_384
 
 def confusion_counts(targets: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The confusion matrix ``(C, C)`` int64 of class indices ``(N,)``: rows = true class,
-    columns = predicted (on the tensors' device; the one place cifarkit counts it).
+    columns = predicted (on the tensors' device; the one place cifarkit counts it). Targets
+    outside ``[0, C)`` (``ignore_index``-style labels) are not counted.
 
     Example:
-        >>> confusion_counts(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
+        >>> confusion_counts(torch.tensor([0, 1, 1, -100]), torch.tensor([0, 0, 1, 1]), 2).tolist()
         [[1, 0], [1, 1]]
     """
-    flat = torch.bincount(targets * num_classes + predicted, minlength=num_classes * num_classes)
-    return flat.view(num_classes, num_classes)
+    c = num_classes
+    valid = (targets >= 0) & (targets < c)
+    cells = torch.where(valid, targets * c + predicted, c * c)  # a mask, not a copy: the rest go to an extra bin
+    return torch.bincount(cells, minlength=c * c + 1)[:-1].view(c, c)
 
 
 @dataclass(frozen=True)
@@ -141,27 +144,33 @@ class Meter:
         """Count one batch: its mean ``loss``, ``(B, C)`` ``logits``, ``(B,)`` class ``targets`` (or
         ``(B, C)`` class probabilities, as MixUp and CutMix make: counted against the dominant
         class)."""
-        batch = int(targets.shape[0])
-        if isinstance(loss, torch.Tensor):
-            self._losses.append(loss.detach())
-            self._loss_sizes.append(batch)
-        else:
-            self._float_sum += loss
-            self._float_weighted += loss * batch
         self._predicted.append(logits.argmax(1))  # an index tensor: no graph, nothing to detach
         self._targets.append(targets.argmax(1) if targets.ndim == 2 else targets)  # mixed: the dominant label
+        self.add_loss(loss, int(targets.shape[0]))
+
+    def add_loss(self, loss: torch.Tensor | float, images: int) -> None:
+        """Count one batch of ``images`` by its mean ``loss`` alone: for a caller that counts the
+        right answers itself (:func:`evaluate` reads them off its confusion matrix), so
+        :attr:`Totals.correct` counts only the batches given to :meth:`add`."""
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(loss.detach())
+            self._loss_sizes.append(images)
+        else:
+            self._float_sum += loss
+            self._float_weighted += loss * images
         if self.batches == 0:
             self.first_step_seconds = time.perf_counter() - self.started
-        self.images += batch
+        self.images += images
         self.batches += 1
-        if len(self._predicted) >= FOLD_EVERY:
+        if max(len(self._loss_sizes), len(self._predicted)) >= FOLD_EVERY:
             self._fold()
 
     def add_grad_norm(self, norms: torch.Tensor) -> None:
         """Count one optimizer step's gradient norm: the total (0-d), or one norm per tensor
         ``(P,)`` whose vector norm is the total. A step a gradient scaler skipped (an inf or nan
         norm) is left out when the pass is read."""
-        self._norms.append(norms.detach().reshape(-1))
+        # clip_or_measure's (P,) norms carry no graph: kept as they are, the usual case costs no op
+        self._norms.append(norms if norms.ndim == 1 and not norms.requires_grad else norms.detach().reshape(-1))
         if len(self._norms) >= FOLD_EVERY:
             self._fold()
 
@@ -265,17 +274,22 @@ class ClassMeter:
         self.topk = tuple(sorted(set(topk)))
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
         self.hits = torch.zeros(len(self.topk), dtype=torch.int64, device=device)
+        self._ks = torch.tensor(self.topk, device=device)
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Count one batch of ``(B, C)`` logits against ``(B,)`` class indices."""
+        """Count one batch of ``(B, C)`` logits against ``(B,)`` class indices; labels outside
+        ``[0, C)`` (``ignore_index``-style) are not counted."""
         c = self.num_classes
         with torch.no_grad():
-            valid = (targets >= 0) & (targets < c)  # ignore_index-style labels are not counted
-            y, out = targets[valid], logits[valid]
-            self.confusion += confusion_counts(y, out.argmax(1), c).view(-1)
-            ranked = out.topk(self.topk[-1], dim=1).indices == y[:, None]  # (B, kmax) bool
-            found = ranked.cumsum(1).clamp_(max=1)  # 1 from the rank where the true class appears
-            self.hits += found[:, [k - 1 for k in self.topk]].sum(0)
+            self.confusion += confusion_counts(targets, logits.argmax(1), c).view(-1)
+            valid = (targets >= 0) & (targets < c)
+            # The true class's rank (how many classes come before it) answers every k at once
+            # and costs a comparison, not a sort; a tie goes to the lower index, as argmax does.
+            true = targets.clamp(0, c - 1)[:, None]
+            score = logits.gather(1, true)
+            columns = torch.arange(c, device=logits.device)
+            rank = ((logits > score) | ((logits == score) & (columns < true))).sum(1)
+            self.hits += ((rank[:, None] < self._ks) & valid[:, None]).sum(0)
 
     def totals(self, ctx: DistContext) -> ClassCounts:
         """Read the counts once (summed over ranks under DDP)."""
@@ -487,7 +501,7 @@ def evaluate(
     dev = resolve_device(device)
     ctx = context(distributed, dev)
     check_not_empty(data, "evaluate data")
-    loss_fn = loss_fn or CrossEntropyLoss()
+    loss_fn = loss_fn or cross_entropy  # the guarded function: a module's call costs more per step
     record = preprocessing_of(unwrap_model(model))
     _warn_if_normalization_differs(data, record)
     meter = Meter(ctx.device)
@@ -505,7 +519,7 @@ def evaluate(
     outputs = model_outputs(model, data, device=ctx.device, amp=amp, channels_last=channels_last, dist=ctx, tta=tta)
     with torch.inference_mode(), closing(outputs):  # closed first: the generator restores its modes, then this
         for _, y, out in outputs:
-            meter.add(loss_fn(out, y), out, y)  # the loss per batch, as loss_fn defines it
+            meter.add_loss(loss_fn(out, y), len(y))  # the loss per batch, as loss_fn defines it
             if classes is None:
                 c = int(out.shape[1])
                 classes = ClassMeter(c, topk=tuple(topk) if topk is not None else _default_topk(c), device=ctx.device)
@@ -521,7 +535,7 @@ def evaluate(
     calibration.reduce(ctx)
     return EvalResult(
         totals.loss_mean,
-        totals.accuracy,
+        int(counts.confusion.trace()) / totals.images,  # the right answers: the confusion's diagonal
         totals.images,
         topk={k: hits / totals.images for k, hits in counts.topk_hits.items()},
         per_class_accuracy=counts.per_class_accuracy,

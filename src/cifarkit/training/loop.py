@@ -23,7 +23,7 @@ from cifarkit.errors import InvalidOptionError, check_positive_int, cut
 from cifarkit.evaluation.metrics import evaluate
 from cifarkit.files.checkpoints import load_checkpoint, save_checkpoint
 from cifarkit.history import EVAL_FIGURES, TRAIN_FIGURES, EpochStats, History
-from cifarkit.losses import CrossEntropyLoss, LossFn
+from cifarkit.losses import LossFn, cross_entropy
 from cifarkit.preprocess import set_preprocessing
 from cifarkit.training.callbacks import Callbacks
 from cifarkit.training.schedules import Scheduler, check_scheduler, interval_of
@@ -72,7 +72,7 @@ def train_loop(
         data: A :class:`~cifarkit.data.loader.TensorLoader`, a ``DataLoader`` or any iterable of
             ``(x, y)`` batches. Loaders with ``set_epoch`` are told the epoch.
         epochs: Total number of epochs (with ``checkpoint``, including those already done).
-        loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
+        loss_fn: Default: cifarkit's guarded :func:`~cifarkit.losses.cross_entropy`.
         optimizer: Default: ``torch.optim.SGD(trainable parameters, lr=lr)`` as in the tutorial.
         lr: Learning rate of the default optimizer (0.01 when not given); an error with ``optimizer``.
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; model and batches move once.
@@ -140,7 +140,7 @@ def train_loop(
     inner = unwrap_model(model)
     _attach_preprocessing(inner, data)
     fmt = place_model(inner, ctx.device, None)
-    loss_fn = loss_fn or CrossEntropyLoss()
+    loss_fn = loss_fn or cross_entropy  # the guarded function: a module's call costs more per step
     if optimizer is None:
         optimizer = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=0.01 if lr is None else lr)
     if scheduler is not None:

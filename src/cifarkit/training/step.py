@@ -25,7 +25,7 @@ from cifarkit.distributed import DistContext
 from cifarkit.errors import EmptyDataError, NonFiniteLossError, check_positive_int
 from cifarkit.evaluation.metrics import Meter
 from cifarkit.history import EpochStats
-from cifarkit.losses import CrossEntropyLoss, LossFn
+from cifarkit.losses import LossFn, cross_entropy
 from cifarkit.training.callbacks import Callbacks, StepEnd
 from cifarkit.training.schedules import Scheduler
 
@@ -63,7 +63,7 @@ def train_one_epoch(
         data: A :class:`~cifarkit.data.loader.TensorLoader`, a ``DataLoader`` or any iterable of
             ``(x, y)`` batches.
         optimizer: Built on ``model``'s parameters.
-        loss_fn: Default: cifarkit's guarded :class:`~cifarkit.losses.CrossEntropyLoss`.
+        loss_fn: Default: cifarkit's guarded :func:`~cifarkit.losses.cross_entropy`.
         device: ``"auto"`` (CUDA, else MPS, else CPU) or a device; the model moves there once.
         amp: ``True`` (the device's best), ``"bf16"`` or ``"fp16"`` autocast for forward and loss;
             fp16 steps through a ``torch.amp.GradScaler``.
@@ -104,7 +104,7 @@ def train_one_epoch(
     dev = resolve_device(device)
     fmt = place_model(unwrap_model(model), dev, channels_last)
     dtype = amp_dtype(amp, dev)
-    loss_fn = loss_fn or CrossEntropyLoss()
+    loss_fn = loss_fn or cross_entropy  # the guarded function: a module's call costs more per step
     params = [p for p in model.parameters() if p.requires_grad]
     step = OptimizerStep(optimizer, params, accumulate=accumulate, max_grad_norm=max_grad_norm,
                          scaler=scaler or grad_scaler(dev, dtype), scheduler=scheduler)  # fmt: skip
