@@ -55,25 +55,11 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
 
     def hand_train(n: int) -> int:
         epochs = passes(n, size)
-        model = train_model
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        model.train()
+        optimizer = torch.optim.SGD(train_model.parameters(), lr=0.01)
+        train_model.train()
         for epoch in range(epochs):
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            correct = torch.zeros((), dtype=torch.int64)
             order = torch.randperm(size, generator=torch.Generator().manual_seed(epoch))
-            for start in range(0, size, TRAIN_BATCH):
-                idx = order[start : start + TRAIN_BATCH]
-                x = images[idx].to(torch.float32).mul_(1 / 255)  # uint8 -> float per step, as TensorLoader
-                y = labels[idx]
-                optimizer.zero_grad(set_to_none=True)
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                correct += (out.argmax(1) == y).sum()
-            float(loss_sum), int(correct)  # read once per epoch
+            hand_epoch(train_model, optimizer, images, labels, order)
         return epochs * size
 
     def ours_train(n: int) -> int:
@@ -105,10 +91,30 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
     return variants, size
 
 
+def hand_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               order: torch.Tensor) -> None:  # fmt: skip
+    """One hand-written training pass over ``order``, the same work as ``train_loop``'s: uint8
+    batches gathered and converted to float per step (as ``TensorLoader`` does), the loss and
+    the correct answers summed on the device and read once at the end."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(order), TRAIN_BATCH):
+        idx = order[start : start + TRAIN_BATCH]
+        x, y = images[idx].to(torch.float32).mul_(1 / 255), labels[idx]
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        correct += (out.argmax(1) == y).sum()
+    float(loss_sum), int(correct)
+
+
 def hand_figures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[Any]:
     """Every figure ``evaluate`` returns, by a hand ``inference_mode`` loop: one whole call."""
     n = len(labels)
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     logits, targets = [], []
     model.eval()
     with torch.inference_mode():
@@ -125,7 +131,7 @@ def hand_figures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -
         top5 = (out.topk(5, 1).indices == y[:, None]).any(1).sum()
         confusion = torch.bincount(y * 10 + predicted, minlength=100)
         which = (confidence * 15).long().clamp_(max=14)
-        bins = torch.zeros(3, 15, dtype=torch.float64)
+        bins = torch.zeros(3, 15, dtype=torch.float64, device=images.device)
         for row, values in enumerate((torch.ones_like(confidence), confidence, (predicted == y).float())):
             bins[row].index_add_(0, which, values.double())
         nll = -probs.gather(1, y[:, None]).log().sum()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import fixed_cost  # benchmarks/fixed_cost.py: the one-layer model and its hand loops
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -191,30 +192,13 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
     """The fixed-cost pair of ``benchmarks/fixed_cost.py`` on ``device``: a step that is almost free
     on a GPU, so whatever the loop adds per step shows."""
     images, labels = data.images.to(device), data.labels.to(device)
-
-    def model() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).to(device)
-
-    train_model, eval_model = model(), model()
+    train_model, eval_model = fixed_cost.one_layer().to(device), fixed_cost.one_layer().to(device)
 
     def hand(n: int) -> int:
         n = min(n, len(labels))  # calibrate may ask for more than there is
-        optim = torch.optim.SGD(train_model.parameters(), lr=0.01)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        order = torch.randperm(n, device=device)
-        for start in range(0, n, 64):
-            idx = order[start : start + 64]
-            x, y = images[idx].to(torch.float32).mul_(1 / 255), labels[idx]
-            optim.zero_grad(set_to_none=True)
-            out = train_model(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()
-            optim.step()
-            total += loss.detach()
-            correct += (out.argmax(1) == y).sum()
-        float(total), int(correct)
+        train_model.train()
+        optimizer = torch.optim.SGD(train_model.parameters(), lr=0.01)
+        fixed_cost.hand_epoch(train_model, optimizer, images, labels, torch.randperm(n, device=device))
         return n
 
     def ours(n: int) -> int:
@@ -227,21 +211,8 @@ def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:
 
     def hand_eval(n: int) -> int:
         n = min(n, len(labels))  # calibrate may ask for more than there is
-        outs, ys = [], []
-        total = torch.zeros((), device=device)
-        with torch.inference_mode():
-            for start in range(0, n, 256):
-                x, y = images[start : start + 256].to(torch.float32).mul_(1 / 255), labels[start : start + 256]
-                out = eval_model(x)
-                total += F.cross_entropy(out, y) * len(y)
-                outs.append(out)
-                ys.append(y)
-            out, y = torch.cat(outs), torch.cat(ys)
-            confidence, predicted = out.softmax(1).max(1)
-            figures = torch.stack([total, (predicted == y).sum(), confidence.sum(),
-                                   (out.topk(5, 1).indices == y[:, None]).any(1).sum()])  # fmt: skip
-            torch.bincount(y * 10 + predicted, minlength=100).tolist()
-        return n if figures.tolist() else 0
+        fixed_cost.hand_figures(eval_model, images[:n], labels[:n])
+        return n
 
     def ours_eval(n: int) -> int:
         n = min(n, len(labels))  # calibrate may ask for more than there is

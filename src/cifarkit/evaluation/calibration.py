@@ -146,8 +146,12 @@ def calibrate(model: nn.Module, val_data: Iterable[Batch], *, device: str | torc
             example, a model right on every held-out picture); the model is left unchanged.
 
     Example:
+        >>> import torch
         >>> from cifarkit import build_cnn, synthetic_cifar10, train_loop
-        >>> model = build_cnn(activation="relu")
+        >>> model = build_cnn(activation="relu")  # briefly trained: an untrained model's logits say nothing
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        >>> train = synthetic_cifar10(1000, seed=0).loader(batch_size=50, seed=0)
+        >>> history = train_loop(model, train, epochs=2, optimizer=optimizer, device="cpu", progress=False)
         >>> report = calibrate(model, synthetic_cifar10(200, seed=1).loader(batch_size=100), device="cpu")
         >>> report.count, report.temperature > 0
         (200, True)

@@ -152,8 +152,11 @@ def doctor(
         >>> import torch
         >>> from cifarkit import build_cnn, synthetic_cifar10
         >>> data = synthetic_cifar10(64).loader(batch_size=32, seed=0)
-        >>> print(doctor(build_cnn(activation="relu"), data))
-        no problems found
+        >>> report = doctor(build_cnn(activation="relu"), data)
+        >>> report.ok
+        True
+        >>> print(report)  # and any notes about this machine
+        no problems found...
         >>> [f.code for f in doctor(build_cnn(), data).problems]
         ['no-nonlinearity']
     """
