@@ -19,7 +19,7 @@ from torch import nn
 from cifarkit import ImageTensors, export, load_exported, predict, save
 from cifarkit.cli import main
 from cifarkit.errors import ExportError, InvalidOptionError
-from cifarkit.exporting.quantizing import HOLD_OUT_AT_LEAST, MIN_AGREEMENT, split_calibration
+from cifarkit.exporting.quantizing import HOLD_OUT_AT_LEAST, MAX_ACCURACY_DROP, MIN_AGREEMENT, split_calibration
 
 
 def _temporaries() -> set[str]:
@@ -35,8 +35,8 @@ def test_the_int8_program_agrees_with_fp32_and_is_four_times_smaller(
     check = report.int8
     assert check is not None and check.held_out == HOLD_OUT_AT_LEAST and check.calibrated == 300
     assert check.agreement >= MIN_AGREEMENT and check.accuracy_fp32 is not None and check.accuracy_int8 is not None
-    lost = round((check.accuracy_fp32 - check.accuracy_int8) * check.held_out)  # pictures, not a float difference
-    assert check.accuracy_fp32 > 0.9 and lost <= 1  # a model that learned; 0.98 - 0.97 > 0.01 in floats
+    lost = round((check.accuracy_fp32 - check.accuracy_int8) * check.held_out)  # pictures: 0.98 - 0.97 > 0.01 in floats
+    assert check.accuracy_fp32 > 0.9 and lost <= round(MAX_ACCURACY_DROP * check.held_out)  # a model that learned
     assert report.file_bytes == check.int8_bytes == (tmp_path / "cnn.onnx").stat().st_size
     assert check.smaller >= 3.5 and check.speedup > 0 and 0 < check.max_abs_diff < 0.5
     graph = onnx.load(tmp_path / "cnn.onnx").graph
