@@ -7,11 +7,17 @@ The model is ResNet-18 adapted to 10 classes, on 32x32 pictures, batch 64, float
   two-phase schedule stepped after every step, the model and batches in channels_last;
 - **phase 1** (the head alone): ``fine_tune(epochs=0)`` against the same loop with the features'
   ``requires_grad`` off;
-- **lr_find**: ``cifarkit.lr_find(steps=100)`` (a sweep that ends below divergence, so all 100
-  steps run; 10 with ``--quick``) against 100 steps of the loop whose learning rate grows the
-  same way, with SGD.
+- **lr_find**: ``cifarkit.lr_find(steps=20)`` (a sweep that ends below divergence, so all 20
+  steps run; 10 with ``--quick``) against 20 steps of the loop whose learning rate grows the
+  same way, with SGD. 20, not the default 100: a round runs each variant twice, and 100 steps
+  are 35 s a sweep on the AVX2 EPYC; fewer steps only weigh the finder's per-call work (the
+  snapshot of the model and its restore) more.
 
-Each variant runs whole epochs of 8 batches (``fine_tune``'s per-epoch work is part of its cost),
+Short calls and 11 rounds, because one round's ratio spreads by several percent on a noisy VM
+(``round_ratios`` in the figures): the median of many short paired rounds resolves a 3% bar
+where five long ones cannot.
+
+Each variant runs whole epochs of 4 batches (``fine_tune``'s per-epoch work is part of its cost),
 interleaved in shuffled rounds by ``bench.measure``; ratios are cifarkit over the hand loop, per
 round. ``bench.py`` calls :func:`finetune_speed`; run alone: ``python benchmarks/finetune_speed.py
 [--quick]``.
@@ -33,7 +39,7 @@ import cifarkit
 from cifarkit.models.zoo import freeze_features, layer_groups
 from cifarkit.training.schedules import TwoPhaseSchedule
 
-BATCH, BATCHES = 64, 8
+BATCH, BATCHES = 64, 4
 HAND_2, OURS_2 = "hand loop, phase 2 (7 AdamW groups)", "cifarkit fine_tune, phase 2"
 HAND_1, OURS_1 = "hand loop, phase 1 (head alone)", "cifarkit fine_tune, phase 1"
 HAND_LR, OURS_LR = "hand loop, a sweep of growing lr", "cifarkit lr_find, the same sweep"
@@ -96,7 +102,7 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
 
         return run
 
-    steps = 10 if quick else 100  # a sweep of 100 steps is 11 s here: too long for a smoke test
+    steps = 10 if quick else 20  # a sweep of 20 steps is 7 s on the AVX2 EPYC: too long for a smoke test
     sweeper = _model()  # every sweep starts from the same weights: a trained model's tiny loss is
     untrained = copy.deepcopy(sweeper.state_dict())  # noise, and the sweep would stop early on it
 
@@ -124,7 +130,7 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
 
     variants = {HAND_2: hand(False), OURS_2: ours(False), HAND_1: hand(True), OURS_1: ours(True),
                 HAND_LR: hand_sweep, OURS_LR: finder}  # fmt: skip
-    rounds, seconds = (2, 0.2) if quick else (5, 3.0)
+    rounds, seconds = (2, 0.2) if quick else (11, 3.0)
     figures = measure(variants, rounds=rounds, seconds=seconds, bare=HAND_2, tutorial=HAND_2,
                       baselines={OURS_1: HAND_1, HAND_1: None, OURS_LR: HAND_LR, HAND_LR: None},
                       same_precision={})  # fmt: skip

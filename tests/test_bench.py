@@ -27,6 +27,10 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "| variant | img/s | ratio |" in result.stdout
     best = figures["variants"]["cifarkit train_loop (defaults)"]["vs_best_same_precision"]
     assert best > 0 and figures["targets"][0]["what"].endswith("vs_best_same_precision >= 0.98")
+    vgg = figures["variants"]["VGG16 step, batch 32: cifarkit"]["vs_best_same_precision"]  # of 2 hand loops
+    assert vgg > 0 and "VGG16 step, batch 32: cifarkit: vs_best_same_precision >= 0.97" in [
+        t["what"] for t in figures["targets"]
+    ]
     fixed = figures["fixed_cost"]  # the one-layer model, and its two targets
     assert fixed["train_ratio"] > 0 and fixed["evaluate_ratio"] > 0 and "train_overhead_us_per_step" in fixed
     assert any(t["what"].startswith("one-layer model: train_loop >= 0.95x") for t in figures["targets"])
@@ -41,6 +45,39 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert figures["targets"][-1]["what"] == "lr_find sweep >= 0.97x the hand-written loop doing the same"
     assert "| cifarkit fine_tune, phase 2 |" in result.stdout
     assert "| onnxruntime, batch 256 |" in result.stdout
+
+
+def test_a_round_runs_every_variant_twice_in_a_palindrome() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    runs: list[str] = []
+    now = [0.0]  # a fake clock: each run takes its variant's cost in seconds
+
+    def variant(cost: float) -> bench.Runner:
+        def run(n: int) -> int:
+            now[0] += cost
+            return n
+
+        return run
+
+    def timed(name: str, start: float, end: float) -> None:
+        runs.append(name)
+
+    real = bench.time.perf_counter
+    bench.time.perf_counter = lambda: now[0]  # type: ignore[assignment]
+    try:
+        figures = bench.measure({"a": variant(1.0), "b": variant(2.0), "c": variant(1.0)}, rounds=3, seconds=1.0,
+                                baselines={"a": None}, bare="a", tutorial="a", same_precision={"c": ("a", "b")},
+                                on_run=timed)  # fmt: skip
+    finally:
+        bench.time.perf_counter = real  # type: ignore[assignment]
+    assert len(runs) == 18 and all(runs[6 * r : 6 * r + 6] == runs[6 * r : 6 * r + 6][::-1] for r in range(3))
+    assert sorted(runs[:3]) == ["a", "b", "c"]
+    assert figures["a"]["ratio"] is None and figures["b"]["ratio"] == pytest.approx(0.5)
+    assert figures["c"]["vs_best_same_precision"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

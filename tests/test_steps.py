@@ -95,6 +95,32 @@ def test_step_object_counts_and_clips() -> None:
     assert float(clip_or_measure([w], None)) == 0.0
 
 
+def test_large_gradients_are_measured_by_rows_to_float64_accuracy() -> None:
+    from cifarkit.training.step import NORM_ROW, NORM_ROWS_FROM
+
+    torch.manual_seed(0)
+    big = nn.Parameter(torch.zeros(NORM_ROWS_FROM + 5))  # rows and a remainder
+    conv = nn.Parameter(torch.zeros(64, 64, 16, 16).to(memory_format=torch.channels_last))  # 1,048,576
+    wide = nn.Parameter(torch.zeros(2048, 1024))  # its gradient a transpose: by rows too
+    gaps = nn.Parameter(torch.zeros(1024, 1024))  # its gradient a slice with gaps: measured whole
+    small = nn.Parameter(torch.zeros(7))
+    big.grad = torch.randn(big.shape) * 3
+    conv.grad = torch.randn(conv.shape).contiguous(memory_format=torch.channels_last)
+    wide.grad = torch.randn(1024, 2048).t()
+    gaps.grad = torch.randn(1024, 2048)[:, ::2]
+    small.grad = torch.randn(7)
+    params = [big, conv, wide, small]
+    norms = clip_or_measure(params, None)
+    grads = [p.grad for p in params if p.grad is not None]
+    exact = float(torch.stack([g.double().square().sum() for g in grads]).sum().sqrt())
+    assert float(torch.linalg.vector_norm(norms.double())) == pytest.approx(exact, rel=1e-6)
+    rows = NORM_ROWS_FROM // NORM_ROW
+    assert norms.shape == (4 * rows + 2,)  # by rows (the wide one has twice as many); the rest whole
+    assert float(clip_or_measure(params, 1e9)) == pytest.approx(exact, rel=1e-4)  # torch's, when clipping
+    with_gaps = clip_or_measure([gaps], None)
+    assert with_gaps.shape == (1,) and torch.equal(with_gaps[0], torch.linalg.vector_norm(gaps.grad))  # torch's own
+
+
 def test_sums_match_a_hand_count() -> None:
     torch.manual_seed(0)
     meter = Meter(torch.device("cpu"))
