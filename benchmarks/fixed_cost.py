@@ -155,7 +155,7 @@ def overhead_us(figures: dict[str, Any], ours: str, hand: str, batch: int) -> fl
 def fixed_cost(quick: bool, measure: Measure) -> dict[str, Any]:
     """The four variants measured side by side; ratios and overheads."""
     variants, _ = make_variants(quick)
-    rounds, seconds = (2, 0.3) if quick else (31, 0.3)  # short rounds: the pairs stay close in time
+    rounds, seconds = (2, 0.3) if quick else (31, 0.6)  # short runs (0.3 s each): the pairs stay close in time
     figures = measure(variants, rounds=rounds, seconds=seconds, baselines=BASELINES, bare=TRAIN_HAND,
                       tutorial=TRAIN_HAND, same_precision={}, most=10**9)  # fmt: skip
     return {
