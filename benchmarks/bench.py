@@ -189,14 +189,14 @@ def make_variants(quick: bool) -> dict[str, Runner]:
     return variants
 
 
+VGG_BARE, VGG_BEST = "VGG16 step, batch 32: bare", "VGG16 step, batch 32: bare + channels_last"
 BASELINES = {  # variant -> the variant its ratio is taken against
     "bare inference_mode, batch 256": None,
     "cifarkit evaluate, batch 256": "bare inference_mode, batch 256",
-    "VGG16 step, batch 32: bare": None,
-    "VGG16 step, batch 32: bare + channels_last": "VGG16 step, batch 32: bare",
-    "VGG16 step, batch 32: cifarkit": "VGG16 step, batch 32: bare",
+    VGG_BARE: None,
+    VGG_BEST: VGG_BARE,
+    "VGG16 step, batch 32: cifarkit": VGG_BARE,
 }
-VGG_BARE, VGG_BEST = "VGG16 step, batch 32: bare", "VGG16 step, batch 32: bare + channels_last"
 BARE = "bare loop (float32 tensors, randperm, 64)"
 BEST = "bare loop + channels_last"
 BEST_BF16 = "bare loop + channels_last + bf16 autocast"
@@ -419,7 +419,6 @@ def measure(
         this_round = {name: images[name] / elapsed[name] for name in variants}
         for name in variants:
             rates[name].append(this_round[name])
-        for name in variants:
             base = baselines.get(name, bare)
             if base is not None:
                 ratios[name].append(this_round[name] / this_round[base])

@@ -47,12 +47,10 @@ def test_quick_benchmark_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "| onnxruntime, batch 256 |" in result.stdout
 
 
-def test_a_round_runs_every_variant_twice_in_a_palindrome() -> None:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import bench
-    finally:
-        sys.path.remove(str(BENCH.parent))
+def test_a_round_runs_every_variant_twice_in_a_palindrome(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench
+
     runs: list[str] = []
     now = [0.0]  # a fake clock: each run takes its variant's cost in seconds
 
@@ -66,14 +64,10 @@ def test_a_round_runs_every_variant_twice_in_a_palindrome() -> None:
     def timed(name: str, start: float, end: float) -> None:
         runs.append(name)
 
-    real = bench.time.perf_counter
-    bench.time.perf_counter = lambda: now[0]  # type: ignore[assignment]
-    try:
-        figures = bench.measure({"a": variant(1.0), "b": variant(2.0), "c": variant(1.0)}, rounds=3, seconds=1.0,
-                                baselines={"a": None}, bare="a", tutorial="a", same_precision={"c": ("a", "b")},
-                                on_run=timed)  # fmt: skip
-    finally:
-        bench.time.perf_counter = real  # type: ignore[assignment]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])  # undone after the test, however it ends
+    figures = bench.measure({"a": variant(1.0), "b": variant(2.0), "c": variant(1.0)}, rounds=3, seconds=1.0,
+                            baselines={"a": None}, bare="a", tutorial="a", same_precision={"c": ("a", "b")},
+                            on_run=timed)  # fmt: skip
     assert len(runs) == 18 and all(runs[6 * r : 6 * r + 6] == runs[6 * r : 6 * r + 6][::-1] for r in range(3))
     assert sorted(runs[:3]) == ["a", "b", "c"]
     assert figures["a"]["ratio"] is None and figures["b"]["ratio"] == pytest.approx(0.5)
