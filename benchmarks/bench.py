@@ -39,6 +39,7 @@ import finetune_speed  # benchmarks/finetune_speed.py: fine_tune and lr_find aga
 import fixed_cost  # benchmarks/fixed_cost.py: what the loop adds per step, on a one-layer model
 import gpu  # benchmarks/gpu.py: the GPU variants
 import int8_speed  # benchmarks/int8_speed.py: the int8 program against the fp32 one
+import vgg_speed  # benchmarks/vgg_speed.py: a VGG16 step against the better hand step
 
 HERE = Path(__file__).resolve().parent
 Runner = Callable[[int], int]  # run on n images, return images processed
@@ -147,29 +148,6 @@ def make_variants(quick: bool) -> dict[str, Runner]:
         )
         return n
 
-    vgg_bare_model = cifarkit.adapt_vgg16()
-    vgg_ours_model = cifarkit.adapt_vgg16()
-    vgg_x, vgg_y = floats[:32], labels[:32]
-
-    vgg_cl_model = cifarkit.adapt_vgg16().to(memory_format=torch.channels_last)
-    vgg_cl_x = vgg_x.contiguous(memory_format=torch.channels_last)
-
-    def vgg_bare(n: int, channels_last: bool = False) -> int:
-        model, x = (vgg_cl_model, vgg_cl_x) if channels_last else (vgg_bare_model, vgg_x)
-        optim = torch.optim.SGD(model.parameters(), lr=0.001)
-        for _ in range(max(1, n // 32)):
-            loss = F.cross_entropy(model(x), vgg_y)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-        return max(1, n // 32) * 32
-
-    def vgg_ours(n: int) -> int:
-        optim = torch.optim.SGD(vgg_ours_model.parameters(), lr=0.001)
-        steps = max(1, n // 32)
-        cifarkit.train_loop(vgg_ours_model, [(vgg_x, vgg_y)] * steps, optimizer=optim, device="cpu", progress=False)
-        return steps * 32
-
     variants: dict[str, Runner] = {
         "tutorial loop (PIL + ToTensor, batch 1)": tutorial,
         "idiomatic DataLoader(batch_size=64)": idiomatic,
@@ -180,22 +158,15 @@ def make_variants(quick: bool) -> dict[str, Runner]:
         "cifarkit train_loop(amp=True)": ours(amp=True),
         "bare inference_mode, batch 256": bare_inference,
         "cifarkit evaluate, batch 256": ours_evaluate,
-        VGG_BARE: vgg_bare,
-        VGG_BEST: lambda n: vgg_bare(n, channels_last=True),
-        "VGG16 step, batch 32: cifarkit": vgg_ours,
     }
     if not quick:
         variants["cifarkit train_loop(compile=True)"] = ours_compiled
     return variants
 
 
-VGG_BARE, VGG_BEST = "VGG16 step, batch 32: bare", "VGG16 step, batch 32: bare + channels_last"
 BASELINES = {  # variant -> the variant its ratio is taken against
     "bare inference_mode, batch 256": None,
     "cifarkit evaluate, batch 256": "bare inference_mode, batch 256",
-    VGG_BARE: None,
-    VGG_BEST: VGG_BARE,
-    "VGG16 step, batch 32: cifarkit": VGG_BARE,
 }
 BARE = "bare loop (float32 tensors, randperm, 64)"
 BEST = "bare loop + channels_last"
@@ -205,7 +176,6 @@ TUTORIAL = "tutorial loop (PIL + ToTensor, batch 1)"
 SAME_PRECISION = {
     "cifarkit train_loop (defaults)": (BARE, BEST),
     "cifarkit train_loop(amp=True)": (BEST_BF16,),
-    "VGG16 step, batch 32: cifarkit": (VGG_BARE, VGG_BEST),
 }
 
 
@@ -398,11 +368,16 @@ def measure(
     shuffled order, then in the reverse order. A variant's rate in a round is its images over its
     time in both runs, so a machine that speeds up or slows down steadily over the round (a noisy
     VM drifts by 20% over a minute) adds the same time to every variant instead of favouring the
-    ones that ran last."""
+    ones that ran last.
+
+    The best same-precision loop is the candidate with the highest median rate over the run, and
+    the ratio is taken against it in every round (``vs_best_same_precision``). Taking the faster
+    candidate afresh in each round instead (kept as ``vs_max_per_round``) compares with the
+    larger of two noisy figures, which sits above either loop's typical speed: on a VM whose
+    rounds spread by 10-20%, that alone reads a few percent low."""
     sizes = {name: calibrate(run, seconds / 2, most) for name, run in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
-    best_ratios: dict[str, list[float]] = {name: [] for name in same_precision}
     rng = random.Random(0)
     for round_ in range(rounds):
         order = list(variants)
@@ -422,8 +397,6 @@ def measure(
             base = baselines.get(name, bare)
             if base is not None:
                 ratios[name].append(this_round[name] / this_round[base])
-        for name, candidates in same_precision.items():
-            best_ratios[name].append(this_round[name] / max(this_round[c] for c in candidates))
         print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
     tutorial_median = statistics.median(rates[tutorial])
     figures = {}
@@ -435,8 +408,15 @@ def measure(
             "round_ratios": [round(r, 4) for r in ratios[name]],  # the spread: how much one round says
             "baseline": base,
             "vs_tutorial": statistics.median(rates[name]) / tutorial_median if base == bare else None,
-            "vs_best_same_precision": statistics.median(best_ratios[name]) if name in best_ratios else None,
+            "vs_best_same_precision": None,
         }
+    for name, candidates in same_precision.items():
+        best = max(candidates, key=lambda c: statistics.median(rates[c]))
+        figures[name]["best_loop"] = best
+        figures[name]["vs_best_same_precision"] = statistics.median([a / b for a, b in zip(rates[name], rates[best])])
+        figures[name]["vs_max_per_round"] = statistics.median(
+            [rate / max(rates[c][r] for c in candidates) for r, rate in enumerate(rates[name])]
+        )
     return figures
 
 
@@ -468,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     results["export"] = export_speed.export_speed(args.quick, measure)
     results["int8"] = int8_speed.int8_speed(args.quick, measure)
     results["finetune"] = finetune_speed.finetune_speed(args.quick, measure)
+    results["vgg16"] = vgg_speed.vgg_speed(args.quick, measure)
     if not args.quick:
         results["compile"] = compile_speed(args.quick)
         results["allocator"] = allocator_effect(args.quick)
@@ -532,7 +513,17 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         target("cifarkit train_loop (defaults)", "vs_best_same_precision", 0.98),
         target("cifarkit train_loop(amp=True)", "vs_best_same_precision", 0.98, bf16),
         target("cifarkit evaluate, batch 256", "ratio", 0.98),
-        target("VGG16 step, batch 32: cifarkit", "vs_best_same_precision", 0.97),
+        *(
+            [
+                {
+                    "what": f"{vgg_speed.OURS}: vs the faster hand step >= 0.97",
+                    "measured": round(results["vgg16"]["ratio"], 3),
+                    "status": "met" if results["vgg16"]["ratio"] >= 0.97 else "missed",
+                }
+            ]
+            if "vgg16" in results
+            else []
+        ),
         *(
             {
                 "what": f"one-layer model: {what} >= 0.95x the hand loop doing the same work",
@@ -626,6 +617,8 @@ def table(results: dict[str, Any]) -> str:
         lines += int8_speed.lines(results["int8"])
     if "finetune" in results:
         lines += finetune_speed.lines(results["finetune"])
+    if "vgg16" in results:
+        lines += vgg_speed.lines(results["vgg16"])
     if "allocator" in results:
         a = results["allocator"]
         lines.append(
