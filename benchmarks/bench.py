@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +420,23 @@ def measure(
     return figures
 
 
+def run_alone(
+    section: Callable[[bool, Any], dict[str, Any]], lines: Callable[[dict[str, Any]], list[str]], doc: str | None
+) -> None:
+    """A section's own run, ``python benchmarks/<section>.py [--quick] [--out FILE]``: measured by
+    :func:`measure`, its figures (less the variants) and its Markdown lines printed, and all of
+    it written as JSON to ``--out`` when given."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    result = {**section(args.quick, measure), "machine": machine()}
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "variants"}, indent=2))
+    print("\n".join(lines(result)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
@@ -502,10 +519,19 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     v = results["variants"]
     bf16 = results["machine"]["native_bf16"]
 
-    def target(name: str, key: str, goal: float, applies: bool = True) -> dict[str, Any]:
-        got = v[name][key]
-        status = "n/a: no native bf16 on this CPU" if not applies else ("met" if got >= goal else "missed")
-        return {"what": f"{name}: {key} >= {goal}", "measured": round(got, 2), "status": status}
+    def goal(what: str, got: float, bar: float, *, digits: int | None = 2, missed: str = "missed") -> dict[str, Any]:
+        return {"what": what, "measured": round(got, digits), "status": "met" if got >= bar else missed}
+
+    def target(name: str, key: str, bar: float, applies: bool = True) -> dict[str, Any]:
+        found = goal(f"{name}: {key} >= {bar}", v[name][key], bar)
+        return found if applies else {**found, "status": "n/a: no native bf16 on this CPU"}
+
+    def section(
+        name: str, pairs: Sequence[tuple[str, str]], what: str, bar: float, digits: int = 2
+    ) -> list[dict[str, Any]]:
+        """One target per (label, key) of ``results[name]``, when the run has that section."""
+        figures = results.get(name)
+        return [goal(what.format(label), figures[key], bar, digits=digits) for label, key in pairs] if figures else []
 
     return [
         # Current targets only: ratios to the best hand-written loop of the same precision (the
@@ -513,64 +539,38 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         target("cifarkit train_loop (defaults)", "vs_best_same_precision", 0.98),
         target("cifarkit train_loop(amp=True)", "vs_best_same_precision", 0.98, bf16),
         target("cifarkit evaluate, batch 256", "ratio", 0.98),
-        *(
-            [
-                {
-                    "what": f"{vgg_speed.OURS}: vs the faster hand step >= 0.97",
-                    "measured": round(results["vgg16"]["ratio"], 3),
-                    "status": "met" if results["vgg16"]["ratio"] >= 0.97 else "missed",
-                }
-            ]
-            if "vgg16" in results
-            else []
-        ),
-        *(
-            {
-                "what": f"one-layer model: {what} >= 0.95x the hand loop doing the same work",
-                "measured": round(results["fixed_cost"][key], 2),
-                "status": "met" if results["fixed_cost"][key] >= 0.95 else "missed",
-            }
-            for what, key in (("train_loop", "train_ratio"), ("evaluate", "evaluate_ratio"))
-            if "fixed_cost" in results
+        *section("vgg16", [(vgg_speed.OURS, "ratio")], "{}: vs the faster hand step >= 0.97", 0.97, 3),
+        *section(
+            "fixed_cost",
+            [("train_loop", "train_ratio"), ("evaluate", "evaluate_ratio")],
+            "one-layer model: {} >= 0.95x the hand loop doing the same work",
+            0.95,
         ),
         *(
             [
-                {
-                    "what": "train_loop(compile=True) after its first epoch >= 1.0x the default",
-                    "measured": round(results["compile"]["steady_ratio"], 2),
-                    "status": "met" if results["compile"]["steady_ratio"] >= 1.0 else "missed (see compile)",
-                }
+                goal(
+                    "train_loop(compile=True) after its first epoch >= 1.0x the default",
+                    results["compile"]["steady_ratio"],
+                    1.0,
+                    missed="missed (see compile)",
+                )
             ]
             if "compile" in results
             else []
         ),
-        {
-            "what": "load_image_folder: small PNG files per second >= 2000",
-            "measured": round(results["image_folder"]["files_per_second"]),
-            "status": "met" if results["image_folder"]["files_per_second"] >= 2000 else "missed",
-        },
-        *(
-            {
-                "what": f"exported ONNX program: {what} >= 1.0x eager PyTorch",
-                "measured": round(results["export"][key], 2),
-                "status": "met" if results["export"][key] >= 1.0 else "missed",
-            }
-            for what, key in (("batch 256 throughput", "throughput_ratio"), ("batch 1 latency", "latency_ratio"))
-            if "export" in results
+        goal(
+            "load_image_folder: small PNG files per second >= 2000",
+            results["image_folder"]["files_per_second"],
+            2000,
+            digits=None,
         ),
-        *(
-            {
-                "what": f"{what} >= 0.97x the hand-written loop doing the same",
-                "measured": round(results["finetune"][key], 2),
-                "status": "met" if results["finetune"][key] >= 0.97 else "missed",
-            }
-            for what, key in (
-                ("fine_tune step, every layer (phase 2)", "phase2_ratio"),
-                ("fine_tune step, head alone (phase 1)", "phase1_ratio"),
-                ("lr_find sweep", "lr_find_ratio"),
-            )
-            if "finetune" in results
+        *section(
+            "export",
+            [("batch 256 throughput", "throughput_ratio"), ("batch 1 latency", "latency_ratio")],
+            "exported ONNX program: {} >= 1.0x eager PyTorch",
+            1.0,
         ),
+        *section("finetune", FINETUNE_TARGETS, "{} >= 0.97x the hand-written loop doing the same", 0.97),
     ]
 
 

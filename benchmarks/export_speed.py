@@ -12,8 +12,6 @@ Batch 256 throughput and batch 1 latency (one call per image), interleaved in sh
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -114,8 +112,4 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    result = export_speed(parser.parse_args().quick, bench.measure)
-    print(json.dumps({k: v for k, v in result.items() if k != "variants"}, indent=2))
-    print("\n".join(lines(result)))
+    bench.run_alone(export_speed, lines, __doc__)

@@ -25,9 +25,7 @@ round. ``bench.py`` calls :func:`finetune_speed`; run alone: ``python benchmarks
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,13 +153,4 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    result = finetune_speed(parser.parse_args().quick, bench.measure)
-    result["machine"] = bench.machine()
-    args = parser.parse_args()
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "variants"}, indent=2))
-    print("\n".join(lines(result)))
+    bench.run_alone(finetune_speed, lines, __doc__)

@@ -14,8 +14,6 @@ holds two steps a variant, and five such rounds spread from 0.74 to 1.22. ``benc
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,12 +84,4 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    args = parser.parse_args()
-    result = vgg_speed(args.quick, bench.measure)
-    result["machine"] = bench.machine()
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-    print("\n".join(lines(result)))
+    bench.run_alone(vgg_speed, lines, __doc__)
