@@ -99,8 +99,8 @@ def hand_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, len(order), TRAIN_BATCH):
-        idx = order[start : start + TRAIN_BATCH]
-        x, y = images[idx].to(torch.float32).mul_(1 / 255), labels[idx]
+        idx = order[start : start + TRAIN_BATCH]  # gathered as TensorLoader does: by whole rows
+        x, y = images.index_select(0, idx).to(torch.float32).mul_(1 / 255), labels.index_select(0, idx)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         loss = F.cross_entropy(out, y)

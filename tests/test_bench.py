@@ -116,3 +116,39 @@ def test_the_gpu_table_runs_on_the_cpu_as_a_smoke_test(tmp_path: Path) -> None:
         "GPU cifarkit train_loop(amp=True)", "GPU cifarkit default", "GPU cifarkit default", "GPU evaluate",
         "GPU one layer: train_loop", "GPU one layer: evaluate"]  # fmt: skip
     assert "NaN guard's host read" in result.stdout
+
+
+def test_instruction_counts_come_from_callgrind_and_become_per_step_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """instructions.py: the count callgrind prints is read, the per-step figures are differences
+    over a run that trains nothing, and a child process runs the variant it is named."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import fixed_cost
+    import instructions
+
+    assert instructions.collected("==7== Events    : Ir\n==7== Collected : 1234567\n==7==\n") == 1_234_567
+    with pytest.raises(RuntimeError, match="no instruction count"):
+        instructions.collected("valgrind: command not found")
+    seen: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 0, "", f"==1== Collected : {1000 + len(seen)}\n")
+
+    monkeypatch.setattr(instructions.subprocess, "run", fake_run)
+    assert instructions.count(fixed_cost.TRAIN_OURS, 2) == 1001
+    assert seen[0][:2] == ["valgrind", "--tool=callgrind"] and seen[0][-4:] == [
+        "--child",
+        fixed_cost.TRAIN_OURS,
+        "--passes",
+        "2",
+    ]
+    counts = {instructions.NOTHING: 100, fixed_cost.TRAIN_HAND: 1100, fixed_cost.TRAIN_OURS: 1150,
+              fixed_cost.EVAL_HAND: 500, fixed_cost.EVAL_OURS: 520}  # fmt: skip
+    steps = {fixed_cost.TRAIN_HAND: 10, fixed_cost.TRAIN_OURS: 10, fixed_cost.EVAL_HAND: 4, fixed_cost.EVAL_OURS: 4}
+    figures = instructions.per_step(counts, steps)
+    assert figures["instructions_per_step"][fixed_cost.TRAIN_OURS] == 105.0
+    assert figures["train_added_per_step"] == 5.0 and figures["train_added_share"] == pytest.approx(0.05)
+    assert figures["evaluate_added_per_step"] == 5.0 and figures["evaluate_added_share"] == pytest.approx(0.05)
+    assert "+5.00%" in "\n".join(instructions.lines(figures))
+    assert instructions.child(fixed_cost.TRAIN_OURS, 1, quick=True) == 2_048  # a real run, quick data
+    assert instructions.child(instructions.NOTHING, 1, quick=True) == 0

@@ -164,3 +164,34 @@ def test_a_long_pass_is_folded_into_running_sums() -> None:
     correct = sum(int((x.argmax(1) == y).sum()) for x, y in batches)
     assert (t.images, t.batches, t.correct, t.norm_steps) == (3 * n, n, correct, n - 1)
     assert t.loss_sum == pytest.approx(sum(float(loss) for loss in losses), rel=1e-12) and t.grad_norm_sum == n - 1
+
+
+def test_a_step_hands_the_meter_its_per_tensor_norms_unstacked_and_the_totals_are_the_same() -> None:
+    """A small model's step returns torch's per-tensor norms as a list (no stack per step); the
+    meter folds them, and steps of other forms, to the same global norms as a float64 count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    params = list(model.parameters())
+    step = OptimizerStep(torch.optim.SGD(params, lr=0.1), params)
+    meter, exact = Meter(torch.device("cpu")), []
+    for _ in range(FOLD_EVERY + 3):  # a fold, then a rest
+        step.backward(model(torch.randn(5, 6)).square().mean())
+        exact.append(float(torch.stack([p.grad.double().square().sum() for p in params]).sum().sqrt()))
+        norms = step.step()
+        assert isinstance(norms, list) and len(norms) == len(params) and all(n.ndim == 0 for n in norms)
+        meter.add_grad_norm(norms)
+        model.zero_grad(set_to_none=True)
+    t = meter.totals(DistContext.single(torch.device("cpu")))
+    assert t.norm_steps == len(exact) and t.grad_norm_sum == pytest.approx(sum(exact), rel=1e-6)
+    mixed = Meter(torch.device("cpu"))  # lists of two lengths, a vector, a total, a vector part
+    for norms in ([torch.tensor(3.0), torch.tensor(4.0)], [torch.tensor(1.0)], torch.tensor([6.0, 8.0]),
+                  torch.tensor(2.0), [torch.tensor([5.0, 12.0]), torch.tensor(0.0)]):  # fmt: skip
+        mixed.add_grad_norm(norms)
+    assert mixed.totals(DistContext.single(torch.device("cpu"))).grad_norm_sum == pytest.approx(5 + 1 + 10 + 2 + 13)
+    graph = torch.tensor(3.0, requires_grad=True) * 1  # norms with a graph are detached when kept
+    kept = Meter(torch.device("cpu"))
+    kept.add_grad_norm([graph, torch.tensor(4.0)])
+    assert (
+        not any(n.requires_grad for n in kept._norms[0])
+        and kept.totals(DistContext.single(torch.device("cpu"))).grad_norm == 5.0
+    )

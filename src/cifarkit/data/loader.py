@@ -358,18 +358,18 @@ class TensorLoader:
         in_order = not self.shuffle and self._shard.world_size == 1  # batches are slices: no gather
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, order.numel()), self.batch_size):
-            idx = slice(start, start + self.batch_size) if in_order else order[start : start + self.batch_size]
-            x = self.images[idx]  # a view in order; shuffled, a uint8 gather (4x fewer bytes than float)
+            if in_order:  # views: no copy
+                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            else:  # a uint8 gather (4x fewer bytes than float) by whole rows: 5x faster than images[idx]
+                idx = order[start : start + self.batch_size]
+                x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
             if self.augment:
                 x = self._crop_flip(x, g)
             # One pass: uint8 -> float32 in the target memory format, then scale in place.
             x = x.to(dtype=torch.float32, memory_format=self.memory_format).mul_(1.0 / 255.0)
             if self._normalize is not None:
                 x = x.sub_(self._normalize[0]).div_(self._normalize[1])
-            if self.mix is None:
-                yield x, self.labels[idx]
-            else:
-                yield self._mixed(x, self.labels[idx], g)
+            yield (x, y) if self.mix is None else self._mixed(x, y, g)
 
     def _mixed(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp or CutMix of one batch, drawn from a seed taken from the epoch's generator: the

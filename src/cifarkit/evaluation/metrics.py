@@ -106,6 +106,23 @@ FOLD_EVERY = 256
 256 steps, and the memory of at most 256 batches' predictions."""
 
 
+def _step_norms(steps: list[torch.Tensor | list[torch.Tensor]]) -> torch.Tensor:
+    """Each step's global norm ``(steps,)`` in float64, from its partial norms: one stack of them
+    all when every step has as many (the usual case), else one norm per step."""
+    listed = [s for s in steps if isinstance(s, list)]
+    parts: torch.Tensor
+    width = len(steps[0])
+    if len(listed) == len(steps) and all(len(s) == width and all(n.ndim == 0 for n in s) for s in listed):
+        parts = torch.stack([n for s in listed for n in s]).reshape(len(steps), width)
+    else:
+        vectors = [torch.cat([n.reshape(-1) for n in s]) if isinstance(s, list) else s for s in steps]
+        if len({len(v) for v in vectors}) > 1:
+            return torch.stack([torch.linalg.vector_norm(v.double()) for v in vectors])
+        parts = torch.stack(vectors)
+    totals: torch.Tensor = torch.linalg.vector_norm(parts.double(), dim=1)
+    return totals
+
+
 class Meter:
     """Loss, accuracy and gradient norms of the batches of one pass.
 
@@ -133,7 +150,7 @@ class Meter:
         self._float_weighted = 0.0
         self._predicted: list[torch.Tensor] = []  # (B,) argmax of each batch
         self._targets: list[torch.Tensor] = []
-        self._norms: list[torch.Tensor] = []  # per optimizer step: the gradient norms, per tensor or total
+        self._norms: list[torch.Tensor | list[torch.Tensor]] = []  # per optimizer step: partial norms, or the total
         self._folded: list[torch.Tensor] | None = None  # the sums of the batches already folded
         self.images = 0
         self.batches = 0
@@ -165,12 +182,18 @@ class Meter:
         if max(len(self._loss_sizes), len(self._predicted)) >= FOLD_EVERY:
             self._fold()
 
-    def add_grad_norm(self, norms: torch.Tensor) -> None:
-        """Count one optimizer step's gradient norm: the total (0-d), or one norm per tensor
-        ``(P,)`` whose vector norm is the total. A step a gradient scaler skipped (an inf or nan
+    def add_grad_norm(self, norms: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Count one optimizer step's gradient norm: the total (0-d), or partial norms whose vector
+        norm is the total: a vector ``(P,)``, or a list of ``P`` 0-d tensors (one per gradient,
+        as ``torch._foreach_norm`` gives them). A step a gradient scaler skipped (an inf or nan
         norm) is left out when the pass is read."""
-        # clip_or_measure's (P,) norms carry no graph: kept as they are, the usual case costs no op
-        self._norms.append(norms if norms.ndim == 1 and not norms.requires_grad else norms.detach().reshape(-1))
+        # Partial norms carry no graph: kept as they are, the usual case costs no op (a list is
+        # stacked with the other steps' when folded: one op per fold, not one per step).
+        if isinstance(norms, torch.Tensor):
+            norms = norms if norms.ndim == 1 and not norms.requires_grad else norms.detach().reshape(-1)
+        elif not isinstance(norms, list) or any(n.requires_grad for n in norms):
+            norms = [n.detach() for n in norms]
+        self._norms.append(norms)
         if len(self._norms) >= FOLD_EVERY:
             self._fold()
 
@@ -199,12 +222,7 @@ class Meter:
         correct = (torch.cat(self._predicted) == torch.cat(self._targets)).sum().double() if self._predicted else zero
         norm_sum, norm_steps = zero, zero
         if self._norms:
-            lengths = {len(n) for n in self._norms}
-            totals = (
-                torch.linalg.vector_norm(torch.stack(self._norms).double(), dim=1)
-                if len(lengths) == 1
-                else torch.stack([torch.linalg.vector_norm(n.double()) for n in self._norms])
-            )  # (steps,): each step's global norm
+            totals = _step_norms(self._norms)
             finite = torch.isfinite(totals)
             norm_sum, norm_steps = torch.where(finite, totals, 0.0).sum(), finite.sum().double()
         return [t.to(self.device) for t in (loss_sum, weighted, correct, norm_sum, norm_steps)]
