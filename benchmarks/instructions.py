@@ -7,7 +7,7 @@ executes. A count does not depend on the machine's other tenants, so it resolves
 page faults or waiting, which only the timings in ``fixed_cost.py`` see.
 
 Per step = (the variant's count - the count of a run that builds everything and trains nothing)
-divided by its steps. Needs valgrind (``apt-get install -y valgrind``); about 10 minutes.
+divided by its steps. Needs valgrind (``apt-get install -y valgrind``); about 15 minutes on 2 cores.
 
     python benchmarks/instructions.py          # writes results/instructions.json
 """
