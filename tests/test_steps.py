@@ -183,6 +183,13 @@ def test_a_step_hands_the_meter_its_per_tensor_norms_unstacked_and_the_totals_ar
         model.zero_grad(set_to_none=True)
     t = meter.totals(DistContext.single(torch.device("cpu")))
     assert t.norm_steps == len(exact) and t.grad_norm_sum == pytest.approx(sum(exact), rel=1e-6)
+    from cifarkit.training.step import UNSTACKED_UP_TO
+
+    deep = nn.Sequential(*[nn.Linear(2, 2) for _ in range(UNSTACKED_UP_TO // 2 + 1)])  # 34 gradients
+    deep_step = OptimizerStep(torch.optim.SGD(deep.parameters(), lr=0.1), list(deep.parameters()))
+    deep_step.backward(deep(torch.ones(1, 2)).sum())
+    stacked = deep_step.step()  # many gradients: stacked per step, so the meter keeps one tensor
+    assert isinstance(stacked, torch.Tensor) and stacked.shape == (UNSTACKED_UP_TO + 2,)
     mixed = Meter(torch.device("cpu"))  # lists of two lengths, a vector, a total, a vector part
     for norms in ([torch.tensor(3.0), torch.tensor(4.0)], [torch.tensor(1.0)], torch.tensor([6.0, 8.0]),
                   torch.tensor(2.0), [torch.tensor([5.0, 12.0]), torch.tensor(0.0)]):  # fmt: skip
