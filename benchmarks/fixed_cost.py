@@ -30,6 +30,7 @@ import cifarkit
 
 HERE = Path(__file__).resolve().parent
 TRAIN_BATCH, EVAL_BATCH = 64, 256
+PICTURES, QUICK_PICTURES = 10_000, 2_048  # the synthetic set each variant passes over
 Measure = Callable[..., dict[str, Any]]
 
 
@@ -48,7 +49,7 @@ def make_variants(quick: bool) -> tuple[dict[str, Callable[[int], int]], int]:
     """The four variants. Each is asked for about ``n`` pictures and runs whole passes over the
     set: ``train_loop`` one call of that many epochs, ``evaluate`` that many calls, each timed
     with everything a user's call costs, its setup and its final read included."""
-    data = cifarkit.synthetic_cifar10(2_048 if quick else 10_000, seed=0)
+    data = cifarkit.synthetic_cifar10(QUICK_PICTURES if quick else PICTURES, seed=0)
     images, labels = data.images, data.labels
     size = len(labels)
     train_model, eval_model = one_layer(), one_layer()

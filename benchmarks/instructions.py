@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -28,16 +29,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-PASSES = 2  # whole passes over the 10,000 pictures per variant
+if str(HERE) not in sys.path:  # the shared measuring code and the variants, next to this file
+    sys.path.insert(0, str(HERE))
+import bench  # noqa: E402
+import fixed_cost  # noqa: E402
+
+PASSES = 2  # whole passes over fixed_cost.PICTURES per variant
 NOTHING = "nothing: build the data, the models and the variants"
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def child(variant: str, passes: int, quick: bool = False) -> int:
     """Run ``variant`` (or nothing) for ``passes`` passes; return the pictures."""
-    sys.path.insert(0, str(HERE))
-    import fixed_cost
-
     variants, size = fixed_cost.make_variants(quick)
     return 0 if variant == NOTHING else variants[variant](passes * size)
 
@@ -66,9 +69,6 @@ def count(variant: str, passes: int) -> int:
 
 def per_step(counts: dict[str, int], steps: dict[str, int]) -> dict[str, Any]:
     """Instructions per step (or batch) of each variant, and what cifarkit adds to the hand loop's."""
-    sys.path.insert(0, str(HERE))
-    import fixed_cost
-
     each = {name: (counts[name] - counts[NOTHING]) / steps[name] for name in steps}
     pairs = {
         "train": (fixed_cost.TRAIN_OURS, fixed_cost.TRAIN_HAND),
@@ -107,17 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(HERE))
-    import bench
-    import fixed_cost
-
-    names = [fixed_cost.TRAIN_HAND, fixed_cost.TRAIN_OURS, fixed_cost.EVAL_HAND, fixed_cost.EVAL_OURS]
-    size = 10_000
     batches = {fixed_cost.TRAIN_HAND: fixed_cost.TRAIN_BATCH, fixed_cost.TRAIN_OURS: fixed_cost.TRAIN_BATCH,
                fixed_cost.EVAL_HAND: fixed_cost.EVAL_BATCH, fixed_cost.EVAL_OURS: fixed_cost.EVAL_BATCH}  # fmt: skip
-    steps = {name: PASSES * -(-size // batches[name]) for name in names}
+    steps = {name: PASSES * math.ceil(fixed_cost.PICTURES / batch) for name, batch in batches.items()}
+    runs = [NOTHING, *batches]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two one-thread processes on the two cores
-        counts = dict(zip([NOTHING, *names], pool.map(lambda name: count(name, PASSES), [NOTHING, *names])))
+        counts = dict(zip(runs, pool.map(count, runs, [PASSES] * len(runs)), strict=True))
     result = {"counts": counts, "steps": steps, **per_step(counts, steps), "machine": bench.machine()}
     args.out.write_text(json.dumps(result, indent=2))
     print("\n".join(lines(result)))

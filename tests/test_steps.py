@@ -10,7 +10,7 @@ from cifarkit import build_cnn, synthetic_cifar10, train_loop, train_one_epoch
 from cifarkit.distributed import DistContext
 from cifarkit.errors import InvalidOptionError, NonFiniteLossError
 from cifarkit.evaluation.metrics import FOLD_EVERY, Meter
-from cifarkit.training.step import OptimizerStep, clip_or_measure
+from cifarkit.training.step import UNSTACKED_UP_TO, OptimizerStep, clip_or_measure
 
 
 def batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -183,8 +183,6 @@ def test_a_step_hands_the_meter_its_per_tensor_norms_unstacked_and_the_totals_ar
         model.zero_grad(set_to_none=True)
     t = meter.totals(DistContext.single(torch.device("cpu")))
     assert t.norm_steps == len(exact) and t.grad_norm_sum == pytest.approx(sum(exact), rel=1e-6)
-    from cifarkit.training.step import UNSTACKED_UP_TO
-
     deep = nn.Sequential(*[nn.Linear(2, 2) for _ in range(UNSTACKED_UP_TO // 2 + 1)])  # 34 gradients
     deep_step = OptimizerStep(torch.optim.SGD(deep.parameters(), lr=0.1), list(deep.parameters()))
     deep_step.backward(deep(torch.ones(1, 2)).sum())
