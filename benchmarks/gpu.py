@@ -9,7 +9,8 @@ not the launch queue's. Variants, side by side in one process as on the CPU:
 - a bare fp32 loop with the data already on the GPU;
 - the best hand-written loop: channels_last + bf16 autocast + data on the GPU + no host syncs;
 - cifarkit's default, ``amp=True`` and ``compile=True``;
-- ``evaluate`` against a bare ``inference_mode`` loop;
+- ``evaluate`` against a bare ``inference_mode`` loop, and against one that converts uint8 pictures
+  as ``evaluate`` does; ``evaluate`` with the loss taken per batch (a ``loss_fn`` of one's own);
 - a VGG16 training step at 32 and at 224 pixels, bare and through cifarkit;
 - the bare loop with the NaN guard's host read added, to price that sync;
 - the one-layer model of ``benchmarks/fixed_cost.py``, trained and evaluated by cifarkit and by
@@ -38,9 +39,13 @@ BARE = "GPU bare loop (fp32, data on the GPU)"
 BEST = "GPU best hand loop (channels_last + bf16 + data on the GPU)"
 TUTORIAL = "GPU tutorial loop (PIL + ToTensor, batch 1)"
 GUARDED = "GPU bare loop + NaN guard (one host read per step)"
+UINT8_BARE = "GPU bare inference_mode from uint8 (channels_last), batch 256"
+PER_BATCH = "GPU cifarkit evaluate, batch 256, the loss per batch (loss_fn=cross_entropy)"
 BASELINES = {
     "GPU bare inference_mode, batch 256": None,
     "GPU cifarkit evaluate, batch 256": "GPU bare inference_mode, batch 256",
+    UINT8_BARE: None,
+    PER_BATCH: UINT8_BARE,  # what evaluate did before it took the default loss per chunk
     "GPU VGG16 step 32 px, batch 32: bare": None,
     "GPU VGG16 step 32 px, batch 32: cifarkit": "GPU VGG16 step 32 px, batch 32: bare",
     "GPU VGG16 step 224 px, batch 16: bare": None,
@@ -134,9 +139,22 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
         int(correct)
         return n
 
-    def ours_evaluate(n: int) -> int:
+    images_gpu = data.images.to(device)
+
+    def bare_inference_uint8(n: int) -> int:
+        """The bare loop doing evaluate's input work too: uint8 to float in the model's format."""
+        eval_model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        with torch.inference_mode():
+            for start in range(0, n, 256):
+                x = images_gpu[start : start + 256].to(torch.float32, memory_format=torch.channels_last).mul_(1 / 255)
+                correct += (eval_model(x).argmax(1) == labels_gpu[start : start + 256]).sum()
+        int(correct)
+        return n
+
+    def ours_evaluate(n: int, **options: Any) -> int:
         loader = cifarkit.TensorLoader(data.images[:n], data.labels[:n], batch_size=256, shuffle=False, device=device)
-        cifarkit.evaluate(eval_model, loader, device=device)
+        cifarkit.evaluate(eval_model, loader, device=device, **options)
         return n
 
     def vgg(size: int, batch: int, *, through_cifarkit: bool) -> Runner:
@@ -171,6 +189,8 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
         "GPU cifarkit train_loop(compile=True)": ours(compile=True),
         "GPU bare inference_mode, batch 256": bare_inference,
         "GPU cifarkit evaluate, batch 256": ours_evaluate,
+        UINT8_BARE: bare_inference_uint8,
+        PER_BATCH: lambda n: ours_evaluate(n, loss_fn=cifarkit.losses.cross_entropy),
         "GPU VGG16 step 32 px, batch 32: bare": vgg(32, 32, through_cifarkit=False),
         "GPU VGG16 step 32 px, batch 32: cifarkit": vgg(32, 32, through_cifarkit=True),
     }

@@ -43,11 +43,17 @@ def main() -> None:
                              checkpoint=out / "ck.pt")  # fmt: skip
         torch.save(model.state_dict(), out / f"resumed{rank}.pt")
         (out / f"resumed{rank}.json").write_text(json.dumps({"history": history.to_dict()}))
-    elif mode == "nccl":  # one rank over NCCL on the GPU
+    elif mode == "nccl":  # one rank over NCCL on the one GPU there is (NCCL refuses two ranks on one GPU)
+        ctx = context(True, torch.device("cuda"))  # forms the NCCL group, as evaluate(distributed=True) would
+        # A group of one rank trains as one process does (no DDP wrapper): the same figures.
         history = train_loop(model, data, epochs=1, optimizer=optimizer, eval_data=eval_data, progress=False,
                              device="cuda")  # fmt: skip
-        backend = torch.distributed.get_backend()
-        (out / "nccl.json").write_text(json.dumps({"history": history.to_dict(), "backend": backend}))
+        summed = evaluate(model, eval_data, device="cuda", distributed=True)  # its counts all-reduced over NCCL
+        plain = evaluate(model, eval_data, device="cuda", distributed=False)
+        (out / "nccl.json").write_text(json.dumps({
+            "history": history.to_dict(), "backend": dist.get_backend(), "device": str(ctx.device),
+            "summed": [summed.count, summed.confusion.tolist()], "plain": [plain.count, plain.confusion.tolist()],
+        }))  # fmt: skip
     elif mode == "finetune":  # two phases; the features unfreeze between epochs 1 and 2
         torch.manual_seed(0)
         net = adapt("mobilenet_v3_small")

@@ -260,4 +260,6 @@ def test_one_rank_over_nccl(tmp_path: Path) -> None:
     results = launch("nccl", tmp_path, world_size=1)
     assert results[0].returncode == 0, results[0].stderr[-2000:]
     report = json.loads((tmp_path / "nccl.json").read_text())
-    assert report["backend"] == "nccl" and report["history"]["epochs"][0]["images"] == 512
+    assert report["backend"] == "nccl" and report["device"] == "cuda:0"
+    assert report["history"]["epochs"][0]["images"] == 512
+    assert report["summed"] == report["plain"] and report["summed"][0] == 200  # one rank: the sum is its own

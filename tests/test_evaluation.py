@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifarkit import EvalResult, build_cnn, evaluate, predict, synthetic_cifar10
-from cifarkit.errors import EmptyDataError, ImageReadError, InvalidOptionError, ShapeError
+from cifarkit.errors import ClassIndexError, EmptyDataError, ImageReadError, InvalidOptionError, ShapeError
 
 
 def test_evaluate_matches_a_manual_count_and_restores_mode() -> None:
@@ -44,6 +44,14 @@ def test_any_iterable_of_batches_and_any_loss() -> None:
     assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.accuracy == b.accuracy  # weighted by batch size
     summed = evaluate(model, as_list, device="cpu", loss_fn=lambda out, y: nn.functional.cross_entropy(out, y) * 2)
     assert summed.loss == pytest.approx(2 * b.loss, rel=1e-5)
+
+
+def test_the_default_loss_is_the_guarded_one_though_taken_per_chunk() -> None:
+    data = synthetic_cifar10(40, seed=0)
+    labels = data.labels.clone()
+    labels[37] = 12  # in the last batch: the chunk's loss still finds it
+    with pytest.raises(ClassIndexError, match=r"in \[0, 12\] but the logits have C=10"):
+        evaluate(build_cnn(), [(data.images[i : i + 8], labels[i : i + 8]) for i in range(0, 40, 8)], device="cpu")
 
 
 def test_empty_or_used_up_data_is_an_empty_data_error() -> None:

@@ -100,11 +100,13 @@ def train_loop(
             A callback may freeze or unfreeze parameters between epochs: under DDP the model is
             wrapped again, so the parameters that train are the ones kept in sync.
         compile: Wrap the model in ``torch.compile`` (the first step's time, compile included,
-            is recorded as ``History.compile_seconds``). Compiling takes tens of seconds on a CPU
-            and happens once per model and shape: later epochs and later calls on the same model
-            reuse it. It pays off for larger models and on GPUs; for the tutorial CNN on a CPU it
-            does not beat eager (``nox -s bench`` measures it on the machine at hand): leave it
-            off there.
+            is recorded as ``History.compile_seconds``). Compiling takes tens of seconds (on an
+            H200 for the tutorial CNN: 11 s, and about 7 s more for the last, smaller batch) and
+            happens once per process and shape: later epochs, later calls and new models of the
+            same class reuse it. Use it for long runs of larger models at fixed shapes; for the
+            tutorial CNN it did not beat eager on a CPU (0.56-0.69x) and read 0.82-1.1x eager on
+            the H200 (``benchmarks/README.md``; ``nox -s bench`` measures it on the machine at
+            hand): leave it off there.
 
     Raises:
         InvalidOptionError: ``lr`` together with ``optimizer``; a scheduler built on another
