@@ -129,25 +129,19 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
 
     eval_model = cifarkit.build_cnn().to(device)
 
-    def bare_inference(n: int) -> int:
-        eval_model.eval()
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        with torch.inference_mode():
-            for start in range(0, n, 256):
-                out = eval_model(floats_gpu[start : start + 256])
-                correct += (out.argmax(1) == labels_gpu[start : start + 256]).sum()
-        int(correct)
-        return n
-
     images_gpu = data.images.to(device)
 
-    def bare_inference_uint8(n: int) -> int:
-        """The bare loop doing evaluate's input work too: uint8 to float in the model's format."""
+    def bare_inference(n: int, *, from_uint8: bool = False) -> int:
+        """``from_uint8``: the bare loop doing evaluate's input work too (uint8 to float, channels_last)."""
         eval_model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=device)
         with torch.inference_mode():
             for start in range(0, n, 256):
-                x = images_gpu[start : start + 256].to(torch.float32, memory_format=torch.channels_last).mul_(1 / 255)
+                if from_uint8:
+                    x = images_gpu[start : start + 256].to(torch.float32, memory_format=torch.channels_last)
+                    x = x.mul_(1 / 255)
+                else:
+                    x = floats_gpu[start : start + 256]
                 correct += (eval_model(x).argmax(1) == labels_gpu[start : start + 256]).sum()
         int(correct)
         return n
@@ -189,7 +183,7 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
         "GPU cifarkit train_loop(compile=True)": ours(compile=True),
         "GPU bare inference_mode, batch 256": bare_inference,
         "GPU cifarkit evaluate, batch 256": ours_evaluate,
-        UINT8_BARE: bare_inference_uint8,
+        UINT8_BARE: lambda n: bare_inference(n, from_uint8=True),
         PER_BATCH: lambda n: ours_evaluate(n, loss_fn=cifarkit.losses.cross_entropy),
         "GPU VGG16 step 32 px, batch 32: bare": vgg(32, 32, through_cifarkit=False),
         "GPU VGG16 step 32 px, batch 32: cifarkit": vgg(32, 32, through_cifarkit=True),

@@ -522,9 +522,6 @@ def evaluate(
     dev = resolve_device(device)
     ctx = context(distributed, dev)
     check_not_empty(data, "evaluate data")
-    # A loss of your own is taken per batch, as it defines it. The default one, a mean over the
-    # pictures, is taken per chunk with the per-class figures: the same figure, and ~5 fewer small
-    # ops a batch (on a GPU, where a batch of a small model is a few launches, that shows).
     record = preprocessing_of(unwrap_model(model))
     _warn_if_normalization_differs(data, record)
     meter = Meter(ctx.device)
@@ -535,7 +532,7 @@ def evaluate(
     def count_pending() -> None:  # per chunk, not per batch: the loss and per-class figures in a few ops
         if pending and classes is not None:
             out, y = torch.cat([o for o, _ in pending]).float(), torch.cat([t for _, t in pending])
-            if loss_fn is None:
+            if loss_fn is None:  # the default loss, a mean: the same figure per chunk, 2 ops less a batch
                 meter.add_loss(cross_entropy(out, y), len(y))  # the guarded loss: a bad target's error
             calibration.add(probabilities(out, record), y)
             classes.add(out, y)
