@@ -177,6 +177,12 @@ SAME_PRECISION = {
     "cifarkit train_loop (defaults)": (BARE, BEST),
     "cifarkit train_loop(amp=True)": (BEST_BF16,),
 }
+#: Each target's variant and the loops of its ratio run back to back (see :func:`measure`).
+TOGETHER = [
+    (BARE, BEST, "cifarkit train_loop (defaults)"),
+    (BEST_BF16, "cifarkit train_loop(amp=True)"),
+    ("bare inference_mode, batch 256", "cifarkit evaluate, batch 256"),
+]
 
 
 def calibrate(run: Runner, seconds: float, most: int = 20_000) -> int:
@@ -367,6 +373,7 @@ def measure(
     same_precision: dict[str, tuple[str, ...]],
     on_run: Callable[[str, float, float], None] | None = None,
     most: int = 20_000,
+    together: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """Calibrate each variant, run them in rounds, return medians and the medians of per-round
     ratios (against ``baselines.get(name, bare)``, the tutorial loop and the best same-precision
@@ -382,14 +389,25 @@ def measure(
     the ratio is taken against it in every round (``vs_best_same_precision``). Taking the faster
     candidate afresh in each round instead (kept as ``vs_max_per_round``) compares with the
     larger of two noisy figures, which sits above either loop's typical speed: on a VM whose
-    rounds spread by 10-20%, that alone reads a few percent low."""
+    rounds spread by 10-20%, that alone reads a few percent low.
+
+    Each group of ``together`` (a variant and the loops it is compared with) runs back to back,
+    in a shuffled order within the group, so the reversed run is A B ... B A: the two sides of a
+    ratio are seconds apart instead of up to a whole round, and a slow spell of the VM falls on
+    both. Without it (the second run of 2026-12-04), the defaults' rounds read 0.89-1.12x the
+    channels_last loop they do the same work as."""
     sizes = {name: calibrate(run, seconds / 2, most) for name, run in variants.items()}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     rng = random.Random(0)
+    grouped = [name for group in together for name in group]
+    assert len(set(grouped)) == len(grouped) and set(grouped) <= set(variants), together
+    units = [list(group) for group in together] + [[name] for name in variants if name not in grouped]
     for round_ in range(rounds):
-        order = list(variants)
-        rng.shuffle(order)
+        for unit in units:
+            rng.shuffle(unit)
+        rng.shuffle(units)
+        order = [name for unit in units for name in unit]
         images = dict.fromkeys(variants, 0)
         elapsed = dict.fromkeys(variants, 0.0)
         for name in [*order, *reversed(order)]:
@@ -448,8 +466,10 @@ def run_alone(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s: a smoke test")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of one repeat")
+    # 11 rounds of two 1 s runs: five rounds of 1.5 s runs read the same code at 1.03x and 0.92x
+    # in two runs of one session; the sections with many short rounds moved by 1-3%.
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one repeat")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default results/latest.json)")
     parser.add_argument("--device", default="cpu", help="'cpu' (the CPU table) or 'cuda' (the GPU table)")
     parser.add_argument("--gpu-variants", action="store_true", help="run the GPU table on --device (a CPU smoke test)")
@@ -465,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = make_variants(args.quick)
     results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds_per_repeat": seconds}
     results["variants"] = measure(variants, rounds=rounds, seconds=seconds, baselines=BASELINES, bare=BARE,
-                                  tutorial=TUTORIAL, same_precision=SAME_PRECISION)  # fmt: skip
+                                  tutorial=TUTORIAL, same_precision=SAME_PRECISION, together=TOGETHER)  # fmt: skip
     marks = rss_over_epochs(2 if args.quick else 10)
     results["rss_bytes_per_epoch"] = marks
     results["image_folder"] = image_folder_speed(args.quick)
@@ -496,6 +516,7 @@ def gpu_main(device: torch.device, *, quick: bool, rounds: int, seconds: float, 
         figures = measure(
             variants, rounds=rounds, seconds=seconds, baselines=gpu.BASELINES, bare=gpu.BARE, tutorial=gpu.TUTORIAL,
             same_precision={"GPU cifarkit train_loop(amp=True)": (gpu.BEST,)},
+            together=[group for group in gpu.TOGETHER if set(group) <= set(variants)],
             on_run=lambda name, start, end: intervals[name].append((start, end)),
         )  # fmt: skip
     for key, value in figures.items():
@@ -587,7 +608,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']} "
         f"({m['cpu_capability']}, native bf16: {m['native_bf16']}); {results['rounds']} rounds, each variant "
-        f"twice a round ({results['seconds_per_repeat'] / 2:g} s a run, shuffled order then reversed), medians.",
+        f"twice a round ({results['seconds_per_repeat'] / 2:g} s a run, shuffled order then reversed, each "
+        "target's variant next to its loops), medians.",
         "",
         "| variant | img/s | ratio | baseline of the ratio | x tutorial | x best loop, same precision |",
         "|---|---|---|---|---|---|",

@@ -78,7 +78,8 @@ def export_speed(quick: bool, measure: Any) -> dict[str, Any]:
         variants = {EAGER_256: batches(eager), ORT_256: batches(ort), EAGER_1: singles(eager), ORT_1: singles(ort)}
         rounds, seconds = (2, 0.2) if quick else (5, 2.0)
         figures = measure(variants, rounds=rounds, seconds=seconds, bare=EAGER_256, tutorial=EAGER_256,
-                          baselines={ORT_1: EAGER_1, EAGER_1: None}, same_precision={})  # fmt: skip
+                          baselines={ORT_1: EAGER_1, EAGER_1: None}, same_precision={},
+                          together=[(EAGER_256, ORT_256), (EAGER_1, ORT_1)])  # fmt: skip
     return {
         "variants": figures,
         "throughput_ratio": figures[ORT_256]["ratio"],

@@ -131,7 +131,7 @@ def finetune_speed(quick: bool, measure: Any) -> dict[str, Any]:
     rounds, seconds = (2, 0.2) if quick else (11, 3.0)
     figures = measure(variants, rounds=rounds, seconds=seconds, bare=HAND_2, tutorial=HAND_2,
                       baselines={OURS_1: HAND_1, HAND_1: None, OURS_LR: HAND_LR, HAND_LR: None},
-                      same_precision={})  # fmt: skip
+                      same_precision={}, together=[(HAND_2, OURS_2), (HAND_1, OURS_1), (HAND_LR, OURS_LR)])  # fmt: skip
     return {
         "variants": figures,
         "phase2_ratio": figures[OURS_2]["ratio"],

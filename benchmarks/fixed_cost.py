@@ -158,7 +158,8 @@ def fixed_cost(quick: bool, measure: Measure) -> dict[str, Any]:
     variants, _ = make_variants(quick)
     rounds, seconds = (2, 0.3) if quick else (31, 0.6)  # short runs (0.3 s each): the pairs stay close in time
     figures = measure(variants, rounds=rounds, seconds=seconds, baselines=BASELINES, bare=TRAIN_HAND,
-                      tutorial=TRAIN_HAND, same_precision={}, most=10**9)  # fmt: skip
+                      tutorial=TRAIN_HAND, same_precision={}, most=10**9,
+                      together=[(TRAIN_HAND, TRAIN_OURS), (EVAL_HAND, EVAL_OURS)])  # fmt: skip
     return {
         "variants": figures,
         "train_ratio": figures[TRAIN_OURS]["ratio"],

@@ -53,6 +53,17 @@ BASELINES = {
 }
 
 
+#: Each compared pair runs back to back (see ``bench.measure``); the 224 px VGG16 pair only on a GPU.
+TOGETHER = [
+    (BARE, GUARDED, "GPU cifarkit train_loop (defaults)"),
+    (BEST, "GPU cifarkit train_loop(amp=True)"),
+    ("GPU bare inference_mode, batch 256", "GPU cifarkit evaluate, batch 256"),
+    (UINT8_BARE, PER_BATCH),
+    ("GPU VGG16 step 32 px, batch 32: bare", "GPU VGG16 step 32 px, batch 32: cifarkit"),
+    ("GPU VGG16 step 224 px, batch 16: bare", "GPU VGG16 step 224 px, batch 16: cifarkit"),
+]
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
@@ -200,6 +211,7 @@ def make_gpu_variants(device: torch.device, *, quick: bool, pil_dataset: Any) ->
 ONE_HAND, ONE_OURS = "GPU one layer: hand loop, same work", "GPU one layer: cifarkit train_loop"
 ONE_EVAL_HAND, ONE_EVAL_OURS = "GPU one layer: hand inference, same figures", "GPU one layer: cifarkit evaluate"
 BASELINES.update({ONE_HAND: None, ONE_OURS: ONE_HAND, ONE_EVAL_HAND: None, ONE_EVAL_OURS: ONE_EVAL_HAND})
+TOGETHER += [(ONE_HAND, ONE_OURS), (ONE_EVAL_HAND, ONE_EVAL_OURS)]
 
 
 def one_layer_variants(device: torch.device, data: Any) -> dict[str, Runner]:

@@ -62,7 +62,7 @@ def vgg_speed(quick: bool, measure: Any) -> dict[str, Any]:
     variants = {BARE: hand(False), BEST: hand(True), OURS: ours}
     rounds, seconds = (2, 0.2) if quick else (15, 3.0)
     figures = measure(variants, rounds=rounds, seconds=seconds, baselines={BARE: None}, bare=BARE, tutorial=BARE,
-                      same_precision={OURS: (BARE, BEST)})  # fmt: skip
+                      same_precision={OURS: (BARE, BEST)}, together=[(BARE, BEST, OURS)])  # fmt: skip
     return {"variants": figures, "ratio": figures[OURS]["vs_best_same_precision"]}
 
 

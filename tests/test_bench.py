@@ -75,6 +75,32 @@ def test_a_round_runs_every_variant_twice_in_a_palindrome(monkeypatch: pytest.Mo
     assert figures["c"]["vs_best_same_precision"] == pytest.approx(1.0)
 
 
+def test_a_target_and_its_loops_run_back_to_back_in_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench
+
+    runs: list[str] = []
+    variants = {name: (lambda n: n) for name in "abcdef"}
+    bench.measure(variants, rounds=8, seconds=0.01, baselines={"a": None}, bare="a", tutorial="a",
+                  same_precision={}, on_run=lambda name, start, end: runs.append(name),
+                  together=[("a", "b", "c"), ("d", "e")])  # fmt: skip
+    assert len(runs) == 8 * 12
+    orders = set()
+    for r in range(8):
+        this_round = runs[12 * r : 12 * r + 12]
+        assert this_round == this_round[::-1]
+        order = "".join(this_round[:6])
+        assert sorted(order) == list("abcdef")
+        assert abs(order.index("d") - order.index("e")) == 1
+        abc = sorted(order.index(x) for x in "abc")
+        assert abc[2] - abc[0] == 2  # the three in consecutive places
+        orders.add(order)
+    assert len(orders) > 1  # still shuffled: the groups' places and the order inside them change
+    with pytest.raises(AssertionError):
+        bench.measure(variants, rounds=1, seconds=0.01, baselines={"a": None}, bare="a", tutorial="a",
+                      same_precision={}, together=[("a", "b"), ("b", "c")])  # fmt: skip
+
+
 def test_the_best_loop_is_the_faster_over_the_run_not_the_faster_of_each_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
