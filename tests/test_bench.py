@@ -178,3 +178,21 @@ def test_instruction_counts_come_from_callgrind_and_become_per_step_figures(monk
     assert "+5.00%" in "\n".join(instructions.lines(figures))
     assert instructions.child(fixed_cost.TRAIN_OURS, 1, quick=True) == 2_048  # a real run, quick data
     assert instructions.child(instructions.NOTHING, 1, quick=True) == 0
+
+
+def test_the_loop_and_evaluate_dispatch_no_more_operations_per_step_than_the_hand_loops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """op_count.py: counted operations, not timings. The loop's step and evaluate's batch do what
+    the hand loops doing the same work do, no more (every aten call, the backward pass included);
+    a cost added per step shows here on any machine."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import op_count
+
+    result = op_count.op_counts()
+    train, evaluate = result["train"], result["evaluate"]
+    assert 20 <= train["hand"]["per_step"] <= 60  # the counter saw the forward, backward and step
+    assert train["cifarkit"]["per_step"] <= train["hand"]["per_step"]
+    assert train["cifarkit"]["per_step_by_name"]["aten._foreach_norm"] == 1.0  # the norm stays measured
+    assert evaluate["cifarkit"]["per_step"] <= evaluate["hand"]["per_step"]
+    assert "| `evaluate`, per batch of 256 |" in "\n".join(op_count.lines(result))
