@@ -26,6 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import cifarkit
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the variants' hand loops, next to this file
+    sys.path.insert(0, str(HERE))
+import fixed_cost as fc  # noqa: E402
+
 PICTURES = 2_048
 
 
@@ -49,18 +53,14 @@ def counted(run: Callable[[], object]) -> Counter[str]:
 
 def op_counts() -> dict[str, Any]:
     """Operations per step (per batch) and per call, for the four variants."""
-    sys.path.insert(0, str(HERE))
-    import fixed_cost as fc
-
     data = cifarkit.synthetic_cifar10(2 * PICTURES, seed=0)
     sets = {n: (data.images[:n], data.labels[:n]) for n in (PICTURES, 2 * PICTURES)}
     model = fc.one_layer()
 
     def hand_train(n: int) -> None:
-        images, labels = sets[n]
         net = fc.one_layer()
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-        fc.hand_epoch(net, optimizer, images, labels, torch.randperm(n, generator=torch.Generator().manual_seed(0)))
+        fc.hand_epoch(net, optimizer, *sets[n], torch.randperm(n, generator=torch.Generator().manual_seed(0)))
 
     def ours_train(n: int) -> None:
         net = fc.one_layer()

@@ -7,10 +7,9 @@ batch in channels_last (which ``train_loop`` picks for conv nets, and which alon
 a VGG16 step on the AVX2 EPYC). The target compares cifarkit with whichever of the two is faster
 over the run.
 
-Its own table, with 31 rounds: a step is 1.1-1.8 s on the AVX2 EPYC, so a round of the main table
-holds two steps a variant, and five such rounds spread from 0.74 to 1.22. Its rounds spread from
-0.68 to 1.38 on the AVX2 EPYC: 15 rounds left a run's median about 4% uncertain (0.936x and 0.946x
-in two runs of 2026-12-07), 31 rounds alone read 0.971x right after them. ``bench.py`` calls
+Its own table: a step is 1.1-1.8 s on the AVX2 EPYC, too long for the main table's short rounds.
+Its rounds there spread from 0.68 to 1.38, so 15 rounds left a run's median about 4% uncertain
+(0.936x and 0.946x in two runs of 2026-12-07); it runs 31 (alone, right after: 0.971x). ``bench.py`` calls
 :func:`vgg_speed`; run alone: ``python benchmarks/vgg_speed.py [--quick]``.
 """
 
@@ -62,7 +61,7 @@ def vgg_speed(quick: bool, measure: Any) -> dict[str, Any]:
         return steps * BATCH
 
     variants = {BARE: hand(False), BEST: hand(True), OURS: ours}
-    rounds, seconds = (2, 0.2) if quick else (31, 3.0)  # see the docstring: fewer decide nothing
+    rounds, seconds = (2, 0.2) if quick else (31, 3.0)  # 15 left the median ~4% uncertain
     figures = measure(variants, rounds=rounds, seconds=seconds, baselines={BARE: None}, bare=BARE, tutorial=BARE,
                       same_precision={OURS: (BARE, BEST)}, together=[(BARE, BEST, OURS)])  # fmt: skip
     return {"variants": figures, "ratio": figures[OURS]["vs_best_same_precision"]}
